@@ -1,0 +1,101 @@
+"""The Starlette application: the WebSocket endpoints, health, readiness and metrics.
+
+The engine starts with the application and loads the model in the background, so the server listens at
+once: sessions opened while the model loads queue their work and are served when it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from mlxd import __version__
+from mlxd.connection import Connection
+from mlxd.engine import READY, Engine
+from mlxd.metrics import Metrics
+from mlxd.model_choice import ModelChoice
+from mlxd.scheduler import WorkQueue
+from mlxd.session import Outbox, Session
+from mlxd.settings import Settings
+
+log = structlog.get_logger("mlxd.app")
+
+
+class Server:
+    """Everything one running server shares: settings, engine, queue, metrics and open connections."""
+
+    def __init__(self, settings: Settings, choice: ModelChoice) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.queue = WorkQueue(settings.max_pending)
+        self.engine = Engine(choice, settings, self.metrics, self.queue)
+        self.connections: set[Connection] = set()
+        self.started = time.monotonic()
+
+    def status(self) -> dict[str, object]:
+        return {**self.engine.status(), "sessions": len(self.connections)}
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.metrics.connections.inc()
+        session = Session(self.settings, self.queue, self.metrics, self.status,
+                          Outbox(asyncio.get_running_loop()))
+        connection = Connection(websocket, session)
+        self.connections.add(connection)
+        self.metrics.active_sessions.set(len(self.connections))
+        log.info("connection_opened", session=session.id, client=str(websocket.client))
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self.metrics.active_sessions.set(len(self.connections))
+
+    async def drain(self, grace: float) -> None:
+        """Shutting down: end all work with `cancelled`, let the last events out, close with 1001."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.session.cancel_all()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not all(c.flushed() for c in connections):
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*(c.close() for c in connections))
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        status = self.engine.status()
+        return JSONResponse({**status, "version": __version__,
+                             "uptime_seconds": round(time.monotonic() - self.started, 3)})
+
+    async def readyz(self, request: Request) -> JSONResponse:
+        status = self.engine.status()
+        return JSONResponse(status, status_code=200 if status["state"] == READY else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.engine.stop)
+
+
+def create_app(server: Server) -> Starlette:
+    routes = [
+        WebSocketRoute("/", server.websocket),
+        WebSocketRoute("/ws", server.websocket),
+        Route("/healthz", server.healthz),
+        Route("/readyz", server.readyz),
+        Route("/metrics", server.metrics_endpoint),
+    ]
+    return Starlette(routes=routes, lifespan=server.lifespan)

@@ -1,0 +1,32 @@
+"""The `mlxd` command line: `serve`, and the service commands (`install`, `start`, ...)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlxd import __version__
+from mlxd.settings import Settings, add_serve_arguments
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mlxd.logs import configure_logging
+    from mlxd.server import serve
+
+    settings = Settings.from_args(args)
+    configure_logging(settings.log_level, settings.log_format)
+    return serve(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxd", description="A local, real-time multimodal inference daemon.")
+    parser.add_argument("--version", action="version", version=f"mlxd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the WebSocket server in the foreground")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,25 @@
+"""Stable, machine-readable error codes and the exception that carries one to the client."""
+
+from __future__ import annotations
+
+INVALID_JSON = "invalid_json"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_FIELD = "invalid_field"
+TEXT_TOO_LONG = "text_too_long"
+IMAGE_DECODE_FAILED = "image_decode_failed"
+IMAGE_TOO_LARGE = "image_too_large"
+MODEL_TEXT_ONLY = "model_text_only"
+MODEL_UNAVAILABLE = "model_unavailable"
+QUEUE_FULL = "queue_full"
+NOT_FOUND = "not_found"
+INTERNAL = "internal"
+
+
+class ClientError(Exception):
+    """A refusal the client is told about; the connection and the session carry on."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id

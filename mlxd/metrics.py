@@ -1,0 +1,80 @@
+"""Prometheus metrics: what the engine and the sessions are doing, scraped at GET /metrics.
+
+One registry per server, so that servers built in one process (tests) do not collide. prometheus-client's
+metric objects are thread-safe, so the engine thread records directly; every update is a lock and an add.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+FRAME_AGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _MlxMemoryCollector(Collector):
+    """MLX's allocator figures, read at scrape time (they are plain counters, safe from any thread)."""
+
+    def collect(self):
+        yield GaugeMetricFamily("mlxd_mlx_active_memory_bytes", "Memory held by MLX arrays",
+                                value=mx.get_active_memory())
+        yield GaugeMetricFamily("mlxd_mlx_peak_memory_bytes", "Peak memory held by MLX arrays",
+                                value=mx.get_peak_memory())
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        registry.register(_MlxMemoryCollector())
+        self.queue_depth = Gauge("mlxd_queue_depth", "Work waiting for the engine", ["kind"], registry=registry)
+        self.active_sessions = Gauge("mlxd_active_sessions", "Open WebSocket sessions", registry=registry)
+        self.connections = Counter("mlxd_connections", "WebSocket connections accepted", registry=registry)
+        self.frames_received = Counter("mlxd_frames_received", "Video and screen frames received",
+                                       registry=registry)
+        self.frames_dropped = Counter("mlxd_frames_dropped", "Frames dropped before inference", ["reason"],
+                                      registry=registry)
+        self.frame_age = Histogram("mlxd_frame_age_seconds", "Age of a frame when its inference starts",
+                                   buckets=FRAME_AGE_BUCKETS, registry=registry)
+        self.requests = Counter("mlxd_requests", "Inputs that reached a terminal message",
+                                ["input_type", "outcome"], registry=registry)
+        self.errors = Counter("mlxd_errors", "Error messages sent to clients", ["code"], registry=registry)
+        self.prompt_tokens = Counter("mlxd_prompt_tokens", "Prompt tokens processed", registry=registry)
+        self.generated_tokens = Counter("mlxd_generated_tokens", "Tokens generated", registry=registry)
+        self.tokens_per_second = Gauge("mlxd_tokens_per_second", "Decode rate of the last response",
+                                       registry=registry)
+        self.decode_rate = Histogram("mlxd_decode_tokens_per_second", "Decode rate per response",
+                                     buckets=RATE_BUCKETS, registry=registry)
+        self.time_to_first_token = Histogram("mlxd_time_to_first_token_seconds",
+                                             "From inference start to the first token",
+                                             buckets=LATENCY_BUCKETS, registry=registry)
+        self.inference = Histogram("mlxd_inference_seconds", "From inference start to the last token",
+                                   buckets=INFERENCE_BUCKETS, registry=registry)
+        self.model_info = Gauge("mlxd_model_info", "The model served", ["model", "modalities"],
+                                registry=registry)
+        self.model_loaded = Gauge("mlxd_model_loaded", "1 once the model is loaded", registry=registry)
+        self.model_load_seconds = Gauge("mlxd_model_load_seconds", "Time the model took to load",
+                                        registry=registry)
+        for kind in ("request", "frame"):
+            self.queue_depth.labels(kind=kind)
+
+    def set_queue_depths(self, requests: int, frames: int) -> None:
+        self.queue_depth.labels(kind="request").set(requests)
+        self.queue_depth.labels(kind="frame").set(frames)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

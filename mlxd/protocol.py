@@ -1,0 +1,271 @@
+"""The wire format of the original mlx-websockets project, extended: parse, validate, serialise.
+
+This module knows JSON and field names and nothing of sessions or models: it turns a client's message
+into a typed request and a neutral server event into text. Another protocol (Gemini Live, OpenAI Realtime)
+would be a sibling module producing the same requests and consuming the same events.
+
+Binary messages carry one image without base64: a 4-byte big-endian header length, a UTF-8 JSON header
+(the fields of an `image_input`, `video_frame` or `screen_frame` message minus the image data), then the
+raw JPEG, PNG or WebP bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlxd import errors
+from mlxd.errors import ClientError
+from mlxd.events import (
+    ConfigUpdated,
+    ErrorReport,
+    FrameDropped,
+    ResponseCompleted,
+    ResponseStarted,
+    ServerEvent,
+    StatusReport,
+    TokenText,
+)
+from mlxd.generation import GenerationConfig
+
+MAX_ID_CHARS = 256
+MAX_BINARY_HEADER_BYTES = 64 * 1024
+MAX_OUTPUT_TOKENS = 8192
+DEFAULT_IMAGE_PROMPT = "What do you see in this image?"
+DEFAULT_FRAME_PROMPT = "Describe what you see."
+FRAME_TYPES = ("video_frame", "screen_frame")
+
+
+@dataclass(frozen=True)
+class TextInput:
+    request_id: str | None
+    content: str
+    context: str | None
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An `image_input` (never dropped) or a frame (latest wins); `data` is still encoded."""
+
+    request_id: str | None
+    message_type: str
+    data: str | bytes
+    prompt: str
+    source: str | None
+
+    @property
+    def is_frame(self) -> bool:
+        return self.message_type in FRAME_TYPES
+
+
+@dataclass(frozen=True)
+class ConfigUpdate:
+    request_id: str | None
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class GetStatus:
+    request_id: str | None
+
+
+ClientMessage = TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_object(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ClientError(errors.INVALID_JSON, f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ClientError(errors.INVALID_JSON, f"{what} must be a JSON object, got {type(message).__name__}")
+    return message
+
+
+def _optional_str(message: dict[str, Any], name: str, limit: int, request_id: str | None) -> str | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ClientError(errors.INVALID_FIELD, f"{name}: must be a string", request_id)
+    if len(value) > limit:
+        raise ClientError(errors.TEXT_TOO_LONG, f"{name}: {len(value)} characters, the limit is {limit}",
+                          request_id)
+    return value
+
+
+def _required_str(message: dict[str, Any], name: str, limit: int, request_id: str | None) -> str:
+    value = _optional_str(message, name, limit, request_id)
+    if value is None or not value.strip():
+        raise ClientError(errors.INVALID_FIELD, f"{name}: required, a non-empty string", request_id)
+    return value
+
+
+def _request_id(message: dict[str, Any]) -> str | None:
+    value = message.get("id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise ClientError(errors.INVALID_FIELD, f"id: must be a string of 1 to {MAX_ID_CHARS} characters")
+    return value
+
+
+def parse_text(text: str, max_text_chars: int) -> ClientMessage:
+    """Parse one text WebSocket message; raises ClientError naming what is wrong."""
+    message = _load_object(text, "message")
+    return _parse_object(message, max_text_chars, image_bytes=None)
+
+
+def parse_binary(data: bytes, max_text_chars: int) -> ClientMessage:
+    """Parse one binary message: header length, JSON header, raw image bytes."""
+    if len(data) < 4:
+        raise ClientError(errors.INVALID_JSON, "binary message shorter than its 4-byte header length")
+    header_length = int.from_bytes(data[:4], "big")
+    if header_length > MAX_BINARY_HEADER_BYTES or 4 + header_length > len(data):
+        raise ClientError(errors.INVALID_JSON,
+                          f"binary header length {header_length} does not fit the message of {len(data)} bytes")
+    message = _load_object(data[4:4 + header_length], "binary message header")
+    image_bytes = data[4 + header_length:]
+    if message.get("type") not in ("image_input", *FRAME_TYPES):
+        raise ClientError(errors.UNKNOWN_TYPE, "binary messages carry image_input, video_frame or screen_frame",
+                          message.get("id") if isinstance(message.get("id"), str) else None)
+    return _parse_object(message, max_text_chars, image_bytes=image_bytes)
+
+
+def _parse_object(message: dict[str, Any], max_text_chars: int, image_bytes: bytes | None) -> ClientMessage:
+    request_id = _request_id(message)
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ClientError(errors.UNKNOWN_TYPE, "message has no 'type' string", request_id)
+    if kind == "text_input":
+        return TextInput(request_id, _required_str(message, "content", max_text_chars, request_id),
+                         _optional_str(message, "context", max_text_chars, request_id))
+    if kind == "image_input" or kind in FRAME_TYPES:
+        data_field = "image" if kind == "image_input" else "frame"
+        if image_bytes is None:
+            data: str | bytes = _required_str(message, data_field, 2**62, request_id)
+        elif data_field in message:
+            raise ClientError(errors.INVALID_FIELD, f"{data_field}: binary messages carry the image after the "
+                                                    "header, not in it", request_id)
+        else:
+            data = image_bytes
+        default_prompt = DEFAULT_IMAGE_PROMPT if kind == "image_input" else DEFAULT_FRAME_PROMPT
+        prompt = _optional_str(message, "prompt", max_text_chars, request_id) or default_prompt
+        return ImageInput(request_id, kind, data, prompt, _optional_str(message, "source", 256, request_id))
+    if kind == "config":
+        return _parse_config(message, request_id)
+    if kind == "cancel":
+        return Cancel(request_id)
+    if kind == "get_status":
+        return GetStatus(request_id)
+    raise ClientError(errors.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", request_id)
+
+
+def _number(name: str, value: Any, low: float, high: float, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name}: must be an integer")
+        value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+WIRE_TO_CONFIG: dict[str, tuple[str, float, float, bool]] = {
+    "maxOutputTokens": ("max_tokens", 1, MAX_OUTPUT_TOKENS, True),
+    "max_tokens_image": ("max_tokens_image", 1, MAX_OUTPUT_TOKENS, True),
+    "temperature": ("temperature", 0.0, 2.0, False),
+    "topP": ("top_p", 0.0, 1.0, False),
+    "topK": ("top_k", 0, 1_000_000, True),
+    "presencePenalty": ("presence_penalty", -2.0, 2.0, False),
+    "frequencyPenalty": ("frequency_penalty", -2.0, 2.0, False),
+}
+CONFIG_TO_WIRE = {name: wire for wire, (name, *_) in WIRE_TO_CONFIG.items()}
+
+
+def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpdate:
+    """Validate every field before anything changes: one bad field refuses the whole update."""
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for wire, value in message.items():
+        if wire in ("type", "id"):
+            continue
+        try:
+            if wire == "candidateCount":
+                _number(wire, value, 1, 1, integer=True)
+            elif wire == "responseModalities":
+                if value != ["TEXT"]:
+                    raise ValueError(f'{wire}: only ["TEXT"] is supported')
+            elif wire in WIRE_TO_CONFIG:
+                name, low, high, integer = WIRE_TO_CONFIG[wire]
+                changes[name] = _number(wire, value, low, high, integer)
+            else:
+                raise ValueError(f"{wire[:64]}: not a configuration field")
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ClientError(errors.INVALID_FIELD, "; ".join(problems), request_id)
+    return ConfigUpdate(request_id, changes)
+
+
+def wire_config(config: GenerationConfig) -> dict[str, Any]:
+    current = {"candidateCount": 1}
+    current.update({CONFIG_TO_WIRE[name]: value for name, value in asdict(config).items()})
+    current["responseModalities"] = ["TEXT"]
+    return current
+
+
+def _with_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def encode(event: ServerEvent) -> str:
+    """Serialise a server event as one JSON text message."""
+    now = time.time()
+    if isinstance(event, TokenText):
+        message = {"type": "token", "content": event.text, "timestamp": now}
+    elif isinstance(event, ResponseStarted):
+        message = {"type": "response_start", "input_type": event.input_type, "timestamp": now}
+    elif isinstance(event, ResponseCompleted):
+        message = {
+            "type": "response_complete",
+            "full_text": event.full_text,
+            "input_type": event.input_type,
+            "inference_time": round(event.inference_time, 6),
+            "time_to_first_token": None if event.time_to_first_token is None
+            else round(event.time_to_first_token, 6),
+            "finish_reason": event.finish_reason,
+            "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens},
+            "timestamp": now,
+        }
+    elif isinstance(event, FrameDropped):
+        message = {"type": "frame_dropped", "reason": event.reason, "timestamp": now}
+    elif isinstance(event, ConfigUpdated):
+        message = {"type": "config_updated",
+                   "updated_fields": {CONFIG_TO_WIRE[name]: value for name, value in event.changes.items()},
+                   "current_config": wire_config(event.config), "timestamp": now}
+    elif isinstance(event, StatusReport):
+        message = {"type": "status", **event.status, "timestamp": now}
+    elif isinstance(event, ErrorReport):
+        message = {"type": "error", "error": event.message, "code": event.code, "timestamp": now}
+    else:
+        raise TypeError(f"not a server event: {event!r}")
+    return json.dumps(_with_id(message, event.request_id), ensure_ascii=False, separators=(",", ":"))

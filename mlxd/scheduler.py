@@ -1,0 +1,135 @@
+"""The queue-and-lock between sessions (event loop) and the engine (its own thread).
+
+Each session has a lane: a bounded FIFO of text and image requests, which are never dropped, and one
+slot for a frame, where a newer frame replaces the waiting one (latest frame wins). The engine takes
+work round-robin across lanes, so a session streaming frames cannot starve another session's question.
+Within a lane, work runs in arrival order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlxd.events import ServerEvent
+from mlxd.generation import GenerationConfig
+
+
+@dataclass(eq=False)
+class Job:
+    """One accepted input, from acceptance to its single terminal event."""
+
+    session_id: str
+    request_id: str | None
+    input_type: str
+    is_frame: bool
+    prompt: str
+    context: str | None
+    image_data: str | bytes | None
+    max_tokens: int
+    config: GenerationConfig
+    emit: Callable[[ServerEvent], None]
+    received_at: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    started: bool = False
+    finished: bool = False
+    sequence: int = 0
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class _Lane:
+    requests: deque[Job] = field(default_factory=deque)
+    frame: Job | None = None
+
+    def pop_oldest(self) -> Job | None:
+        if self.frame is not None and (not self.requests or self.frame.sequence < self.requests[0].sequence):
+            job, self.frame = self.frame, None
+            return job
+        return self.requests.popleft() if self.requests else None
+
+    def __bool__(self) -> bool:
+        return bool(self.requests) or self.frame is not None
+
+
+class WorkQueue:
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._ready = threading.Condition()
+        self._lanes: dict[str, _Lane] = {}
+        self._sequence = itertools.count()
+        self._closed = False
+
+    def put_request(self, job: Job) -> None:
+        """Queue a text or image request; raises QueueFull past the session's bound."""
+        with self._ready:
+            lane = self._lanes.setdefault(job.session_id, _Lane())
+            if len(lane.requests) >= self.max_pending:
+                raise QueueFull(f"{len(lane.requests)} requests are already waiting in this session")
+            job.sequence = next(self._sequence)
+            lane.requests.append(job)
+            self._ready.notify()
+
+    def put_frame(self, job: Job) -> Job | None:
+        """Make this the session's waiting frame; returns the frame it superseded, if any."""
+        with self._ready:
+            lane = self._lanes.setdefault(job.session_id, _Lane())
+            superseded, lane.frame = lane.frame, job
+            job.sequence = next(self._sequence)
+            self._ready.notify()
+            return superseded
+
+    def take(self, timeout: float | None = None) -> Job | None:
+        """The next job, fairly across sessions; None once closed or after the timeout."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._closed or any(self._lanes.values()), timeout):
+                return None
+            if self._closed:
+                return None
+            for session_id in list(self._lanes):
+                lane = self._lanes.pop(session_id)
+                job = lane.pop_oldest()
+                if lane:
+                    self._lanes[session_id] = lane
+                if job is not None:
+                    job.started = True
+                    return job
+            return None
+
+    def remove(self, session_id: str, job: Job | None = None) -> list[Job]:
+        """Take back a session's waiting work (one job, or all of it) before the engine starts it."""
+        with self._ready:
+            lane = self._lanes.get(session_id)
+            if lane is None:
+                return []
+            waiting = list(lane.requests) + ([lane.frame] if lane.frame is not None else [])
+            removed = [j for j in waiting if job is None or j is job]
+            lane.requests = deque(j for j in lane.requests if j not in removed)
+            if lane.frame in removed:
+                lane.frame = None
+            if not lane:
+                del self._lanes[session_id]
+            return removed
+
+    def depths(self) -> tuple[int, int]:
+        """Waiting (requests, frames) across all sessions."""
+        with self._ready:
+            lanes = list(self._lanes.values())
+            return sum(len(lane.requests) for lane in lanes), sum(lane.frame is not None for lane in lanes)
+
+    def close(self) -> list[Job]:
+        """Stop handing out work; returns everything still waiting so it can be ended."""
+        with self._ready:
+            self._closed = True
+            waiting = [j for lane in self._lanes.values() for j in
+                       [*lane.requests, *([lane.frame] if lane.frame is not None else [])]]
+            self._lanes.clear()
+            self._ready.notify_all()
+            return waiting

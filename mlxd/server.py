@@ -1,0 +1,54 @@
+"""Running the application under uvicorn, with a shutdown that ends responses properly.
+
+On SIGTERM (how launchd and systemd stop a service) uvicorn would fail every WebSocket with 1012 at
+once. mlxd first stops accepting, ends in-flight work with `finish_reason: cancelled`, lets those last
+messages out, and closes each socket with 1001 (going away); then uvicorn finishes its own shutdown.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import structlog
+import uvicorn
+
+from mlxd.app import Server, create_app
+from mlxd.model_choice import choose_model
+from mlxd.settings import Settings
+
+log = structlog.get_logger("mlxd.server")
+
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+class _GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, server: Server) -> None:
+        super().__init__(config)
+        self.mlxd = server
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in self.servers:
+            listener.close()
+        await self.mlxd.drain(SHUTDOWN_GRACE_SECONDS)
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> int:
+    choice = choose_model(settings.model)
+    server = Server(settings, choice)
+    config = uvicorn.Config(
+        create_app(server),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
+    )
+    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason)
+    _GracefulServer(config, server).run()
+    log.info("stopped")
+    return 0

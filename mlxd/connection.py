@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import protocol
 from mlxd.errors import ClientError
-from mlxd.session import Outbox, Session, coalesce
+from mlxd.session import Session, coalesce
 
 log = structlog.get_logger("mlxd.connection")
 

@@ -10,6 +10,7 @@ here, on the event loop, as the events go out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -63,10 +64,8 @@ class Outbox:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to send to
             self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the loop is closed: nobody is left to send to
-            pass
 
     def empty(self) -> bool:
         with self._lock:

@@ -2,8 +2,8 @@
 
 Each session has a lane: a bounded FIFO of text and image requests, which are never dropped, and one
 slot for a frame, where a newer frame replaces the waiting one (latest frame wins). The engine takes
-work round-robin across lanes, so a session streaming frames cannot starve another session's question.
-Within a lane, work runs in arrival order.
+work from the lane served least recently (round-robin, with a newcomer first in line), so a session
+streaming frames cannot starve another session's question. Within a lane, work runs in arrival order.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class QueueFull(Exception):
 class _Lane:
     requests: deque[Job] = field(default_factory=deque)
     frame: Job | None = None
+    last_served: int = -1
 
     def pop_oldest(self) -> Job | None:
         if self.frame is not None and (not self.requests or self.frame.sequence < self.requests[0].sequence):
@@ -93,15 +94,12 @@ class WorkQueue:
                 return None
             if self._closed:
                 return None
-            for session_id in list(self._lanes):
-                lane = self._lanes.pop(session_id)
-                job = lane.pop_oldest()
-                if lane:
-                    self._lanes[session_id] = lane
-                if job is not None:
-                    job.started = True
-                    return job
-            return None
+            lane = min((lane for lane in self._lanes.values() if lane), key=lambda lane: lane.last_served)
+            lane.last_served = next(self._sequence)
+            job = lane.pop_oldest()
+            assert job is not None
+            job.started = True
+            return job
 
     def remove(self, session_id: str, job: Job | None = None) -> list[Job]:
         """Take back a session's waiting work (one job, or all of it) before the engine starts it."""
@@ -114,9 +112,14 @@ class WorkQueue:
             lane.requests = deque(j for j in lane.requests if j not in removed)
             if lane.frame in removed:
                 lane.frame = None
-            if not lane:
-                del self._lanes[session_id]
             return removed
+
+    def forget(self, session_id: str) -> list[Job]:
+        """The session is gone: drop its lane, returning the work that was still waiting."""
+        removed = self.remove(session_id)
+        with self._ready:
+            self._lanes.pop(session_id, None)
+        return removed
 
     def depths(self) -> tuple[int, int]:
         """Waiting (requests, frames) across all sessions."""

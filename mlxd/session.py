@@ -219,7 +219,7 @@ class Session:
 
     def close(self) -> None:
         """The client is gone: take back waiting work and stop the running job within one token."""
-        for job in self.queue.remove(self.id):
+        for job in self.queue.forget(self.id):
             job.finished = True
             self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
         for job in self._jobs:

@@ -26,7 +26,7 @@ def encoded_size(data: str | bytes) -> int:
     if isinstance(data, bytes):
         return len(data)
     match = _DATA_URI.match(data)
-    payload_chars = len(data) - (match.end() if match else 0)
+    payload_chars = len(data.rstrip("=")) - (match.end() if match else 0)
     return payload_chars * 3 // 4
 
 
@@ -65,7 +65,7 @@ def decode_image(data: str | bytes, *, max_bytes: int, max_pixels: int, max_side
             image.draft("RGB", (max_side, max_side))
         image = image.convert("RGB")
     except Image.DecompressionBombError as exc:
-        raise ClientError(errors.IMAGE_TOO_LARGE, str(exc)) from None
+        raise ClientError(errors.IMAGE_TOO_LARGE, f"image declares too many pixels: {exc}") from None
     except ClientError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -1,0 +1,140 @@
+"""Test helpers: a real `mlxd serve` process on an ephemeral port, a real WebSocket client, images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+from websockets.sync.client import ClientConnection, connect
+
+REPO = Path(__file__).resolve().parent.parent
+TERMINAL_TYPES = ("response_complete", "error", "frame_dropped")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m mlxd serve` in a child process, exactly as a user or launchd would start it."""
+
+    def __init__(self, model: Path | str, *args: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        command = [sys.executable, "-m", "mlxd", "serve", "--model", str(model), "--port", str(self.port),
+                   "--log-format", "json", *args]
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, path: str = "/") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def healthz(self) -> dict:
+        return httpx.get(f"{self.http}/healthz", timeout=5).json()
+
+    def wait_listening(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                return self.healthz()
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server did not listen within {timeout} s:\n{self.log_text()}")
+
+    def wait_state(self, state: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.wait_listening(timeout)
+            if health["state"] == state:
+                return health
+            time.sleep(0.05)
+        raise TimeoutError(f"server did not reach {state!r}: {health}")
+
+    def connect(self, path: str = "/") -> ClientConnection:
+        return connect(self.ws_url(path), open_timeout=10, max_size=None)
+
+    def log_lines(self) -> list[dict]:
+        lines = []
+        for line in self.log_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+        return self.process.returncode
+
+
+def send(ws: ClientConnection, message: dict) -> None:
+    ws.send(json.dumps(message))
+
+
+def receive(ws: ClientConnection, timeout: float = 30) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def receive_until(ws: ClientConnection, done, timeout: float = 30) -> list[dict]:
+    """Messages up to and including the first for which `done(message)` is true."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    while True:
+        message = receive(ws, max(0.01, deadline - time.monotonic()))
+        messages.append(message)
+        if done(message):
+            return messages
+
+
+def terminal_for(request_id: str | None):
+    return lambda m: m["type"] in TERMINAL_TYPES and m.get("id") == request_id
+
+
+def run_request(ws: ClientConnection, message: dict, timeout: float = 30) -> list[dict]:
+    """Send one input and return every message up to its terminal one."""
+    send(ws, message)
+    return receive_until(ws, terminal_for(message.get("id")), timeout)
+
+
+def tokens_text(messages: list[dict], request_id: str | None) -> str:
+    return "".join(m["content"] for m in messages if m["type"] == "token" and m.get("id") == request_id)
+
+
+def encoded_image(width: int = 64, height: int = 48, fmt: str = "JPEG", color=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def image_b64(width: int = 64, height: int = 48, fmt: str = "JPEG", data_uri: bool = True) -> str:
+    payload = base64.b64encode(encoded_image(width, height, fmt)).decode()
+    return f"data:image/{fmt.lower()};base64,{payload}" if data_uri else payload

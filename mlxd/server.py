@@ -7,7 +7,9 @@ messages out, and closes each socket with 1001 (going away); then uvicorn finish
 
 from __future__ import annotations
 
+import signal
 import socket
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -33,6 +35,12 @@ class _GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the stop signal after its graceful shutdown; a requested stop is a clean exit, so
+    that launchd (KeepAlive SuccessfulExit=false) and systemd (Restart=on-failure) do not restart us."""
+    raise SystemExit(0)
+
+
 def serve(settings: Settings) -> int:
     choice = choose_model(settings.model)
     server = Server(settings, choice)
@@ -49,6 +57,10 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
     log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason)
-    _GracefulServer(config, server).run()
-    log.info("stopped")
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _stopped_by_signal)
+    try:
+        _GracefulServer(config, server).run()
+    finally:
+        log.info("stopped")
     return 0

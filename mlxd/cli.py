@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mlxd import __version__
+from mlxd.service import add_service_commands
 from mlxd.settings import Settings, add_serve_arguments
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the WebSocket server in the foreground")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+    add_service_commands(commands)
     return parser
 
 

@@ -124,7 +124,11 @@ def local_path(name: str) -> Path:
     from mlx_vlm.utils import get_model_path
 
     path = Path(name).expanduser()
-    return path if path.is_dir() else get_model_path(name)
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        raise FileNotFoundError(f"no model folder at {path}")
+    return get_model_path(name)
 
 
 def is_vision_model(path: Path) -> bool:

@@ -164,6 +164,8 @@ class Session:
 
     def _job(self, request_id: str | None, input_type: str, is_frame: bool, prompt: str, context: str | None,
              image_data: str | bytes | None, max_tokens: int) -> Job:
+        if self.settings.log_content:
+            log.info("request_content", session=self.id, request=request_id, prompt=prompt, context=context)
         return Job(self.id, request_id, input_type, is_frame, prompt, context, image_data, max_tokens,
                    self.config, self.outbox.put)
 

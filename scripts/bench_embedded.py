@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx_lm
@@ -21,37 +22,40 @@ from mlx_lm.sample_utils import make_sampler
 
 from mlxd import embedded
 
-QUESTION = "What is the capital of France?"
+QUESTION = "What is the capital of France?"  # short answer: checks correctness and times the first token
+STORY = "Write a short story about a robot who learns to paint."  # long answer: times decoding
+
+
+def run(model, tokenizer, question: str, max_tokens: int) -> tuple[str, float, Any]:
+    messages = [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    text, first, response = "", None, None
+    start = time.perf_counter()
+    for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
+                                           sampler=make_sampler(temp=0.0)):
+        first = first if first is not None else time.perf_counter() - start
+        text += response.text
+    return text, first, response
 
 
 def generate(folder: Path, runs: int, max_tokens: int) -> None:
     start = time.perf_counter()
     model, tokenizer = mlx_lm.load(str(folder))
     print(f"  load: {time.perf_counter() - start:.2f} s")
-    messages = [{"role": "user", "content": QUESTION}]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    ttfts, rates = [], []
-    for run in range(runs + 1):
-        text, first = "", None
-        start = time.perf_counter()
-        for response in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=max_tokens,
-                                               sampler=make_sampler(temp=0.0)):
-            first = first if first is not None else time.perf_counter() - start
-            text += response.text
-        if run == 0:
-            print(f"  answer ({response.generation_tokens} tokens, {response.finish_reason}): {text!r}")
-            continue  # the first run warms up
-        ttfts.append(first)
-        rates.append(response.generation_tps)
-    print(f"  prompt {len(prompt)} tokens; TTFT median {statistics.median(ttfts):.3f} s "
-          f"(min {min(ttfts):.3f}); generation median {statistics.median(rates):.1f} tok/s over {runs} runs")
+    text, _, response = run(model, tokenizer, QUESTION, max_tokens)  # also warms up
+    print(f"  answer ({response.prompt_tokens} prompt tokens, {response.generation_tokens} generated, "
+          f"{response.finish_reason}): {text!r}")
+    ttfts = [run(model, tokenizer, QUESTION, max_tokens)[1] for _ in range(runs)]
+    rates = [run(model, tokenizer, STORY, max_tokens)[2].generation_tps for _ in range(runs)]
+    print(f"  TTFT median {statistics.median(ttfts):.3f} s (min {min(ttfts):.3f}); "
+          f"decoding median {statistics.median(rates):.1f} tok/s ({max_tokens} tokens), {runs} runs each")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default=embedded.DTYPE, help="comma-separated: float32,float16,bfloat16")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--cache-dir", type=Path, help="cache root to use (default: a fresh temporary one)")
     args = parser.parse_args()
     print(f"mlx {mx.__version__}, device {mx.default_device()}")

@@ -10,12 +10,15 @@ from mlxd.settings import Settings, add_serve_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mlxd.blas import use_fast_blas
+
+    blas = use_fast_blas()
     from mlxd.logs import configure_logging
     from mlxd.server import serve
 
     settings = Settings.from_args(args)
     configure_logging(settings.log_level, settings.log_format)
-    return serve(settings)
+    return serve(settings, blas)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -41,7 +42,7 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, blas: Path | None = None) -> int:
     choice = choose_model(settings.model)
     server = Server(settings, choice)
     config = uvicorn.Config(
@@ -56,7 +57,8 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
-    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason)
+    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason,
+             blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)
     try:

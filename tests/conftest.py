@@ -26,7 +26,7 @@ def start_server(tmp_path: Path) -> Iterator:
     """Start a server with extra options; every server started is stopped at the end of the test."""
     servers: list[ServerProcess] = []
 
-    def start(model: Path | str, *args: str, wait: str | None = "ready", env: dict[str, str] | None = None):
+    def start(model: Path | str | None, *args: str, wait: str | None = "ready", env: dict[str, str] | None = None):
         server = ServerProcess(model, *args, log_path=tmp_path / f"server{len(servers)}.log", env=env)
         servers.append(server)
         if wait:

@@ -26,6 +26,10 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mlxd.blas import use_fast_blas
+
+BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
+
 from tests.helpers import ServerProcess, image_b64
 from tests.tiny_models import build_text_model, build_vision_model
 
@@ -140,7 +144,7 @@ def main() -> None:
             server.stop()
 
     print(f"text model: {args.model or 'tiny llama (random weights)'}, {args.max_tokens} tokens, "
-          f"median of {args.runs} runs, greedy")
+          f"median of {args.runs} runs, greedy; BLAS: {BLAS or 'mlx default'}")
     print(f"{'':8}{'TTFT ms':>10}{'tok/s':>10}")
     print(f"{'floor':8}{1000 * floor_ttft:>10.2f}{floor_rate:>10.1f}")
     print(f"{'mlxd':8}{1000 * served_ttft:>10.2f}{served_rate:>10.1f}")

@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlxd.blas import use_fast_blas
+
+BLAS = use_fast_blas()  # as `mlxd serve` does; MLXD_BLAS=reference measures MLX's own BLAS
+
 import mlx.core as mx
 import mlx_lm
 from mlx_lm.sample_utils import make_sampler
@@ -58,7 +62,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--cache-dir", type=Path, help="cache root to use (default: a fresh temporary one)")
     args = parser.parse_args()
-    print(f"mlx {mx.__version__}, device {mx.default_device()}")
+    print(f"mlx {mx.__version__}, device {mx.default_device()}, BLAS {BLAS or 'mlx default'}")
 
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
         root = args.cache_dir or Path(tmp)

@@ -47,7 +47,7 @@ class Server:
     async def websocket(self, websocket: WebSocket) -> None:
         await websocket.accept()
         self.metrics.connections.inc()
-        session = Session(self.settings, self.queue, self.metrics, self.status,
+        session = Session(self.settings, self.queue, self.metrics, self.status, self.engine.forget,
                           Outbox(asyncio.get_running_loop()))
         connection = Connection(websocket, session)
         self.connections.add(connection)

@@ -1,31 +1,71 @@
 """The engine: one thread that owns the model and makes every MLX call.
 
 MLX streams are thread-local, so the thread that loads the model must run every generation. The engine
-takes work from the WorkQueue, decodes the image of the work it chose (a dropped frame is never decoded),
-generates, and hands events back through each job's `emit`, which never blocks: a slow client only slows
-itself. Cancellation is checked between tokens, so a cancel or a disconnect takes effect within one step.
+takes work from the WorkQueue, decodes the image of the work it chose (a dropped frame is never decoded) and
+generates. A text model decodes every session's request together (continuous batching): requests join the
+batch and leave it between steps, each with its own sampling settings. A vision-language model serves one
+request at a time. Events go back through each job's `emit`, which never blocks: a slow client only slows
+itself. Cancellation is checked between steps, so a cancel or a disconnect takes effect within one token.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 
 import structlog
+from PIL import Image
 
 from mlxd import errors
+from mlxd.conversation import Conversation
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
 from mlxd.metrics import Metrics
 from mlxd.model_choice import ModelChoice, resolve
-from mlxd.models import LoadedModel, load_model, local_path
+from mlxd.models import Chunk, LoadedModel, TextBatch, TextModel, load_model, local_path
 from mlxd.scheduler import Job, WorkQueue
 from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.engine")
 
 LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+
+
+@dataclass
+class _Response:
+    """A response being generated: what has been sent so far, for the completion and the conversation."""
+
+    job: Job
+    started: float
+    conversation: Conversation | None = None
+    parts: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+    last: Chunk | None = None
+
+    def add(self, chunk: Chunk, now: float) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if chunk.text:
+            self.parts.append(chunk.text)
+            self.job.emit(TokenText(self.job.request_id, chunk.text))
+        self.last = chunk
+
+    def completed(self, finish_reason: str) -> ResponseCompleted:
+        last = self.last or Chunk("", None, 0, 0)
+        return ResponseCompleted(
+            request_id=self.job.request_id,
+            input_type=self.job.input_type,
+            full_text="".join(self.parts),
+            finish_reason=finish_reason,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            inference_time=time.monotonic() - self.started,
+            time_to_first_token=None if self.first_token_at is None else self.first_token_at - self.started,
+            cached_tokens=last.cached_tokens,
+        )
 
 
 class Engine:
@@ -39,7 +79,10 @@ class Engine:
         self.model: LoadedModel | None = None
         self.load_seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="mlxd-engine", daemon=True)
-        self._current: Job | None = None
+        self._batch: TextBatch | None = None
+        self._running: dict[int, _Response] = {}
+        self._conversations: dict[str, Conversation] = {}
+        self._forgotten: deque[str] = deque()
 
     @property
     def modalities(self) -> tuple[str, ...] | None:
@@ -59,24 +102,30 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> list[Job]:
-        """Stop taking work, cancel the running job, and return the jobs that never started."""
+        """Stop taking work, cancel what runs, and return the jobs that never started."""
         waiting = self.queue.close()
-        current = self._current
-        if current is not None:
-            current.cancelled = True
         self._thread.join(timeout)
         if self.state != FAILED:
             self.state = STOPPED
         return waiting
 
+    def forget(self, session_id: str) -> None:
+        """The session is gone: its conversation is dropped on the engine thread (callable from any thread)."""
+        self._forgotten.append(session_id)
+
     def _run(self) -> None:
-        if self._load():
-            while (job := self.queue.take()) is not None:
-                self._serve(job)
-        else:
+        if not self._load():
             while (job := self.queue.take()) is not None:
                 self._finish(job, ErrorReport(errors.MODEL_UNAVAILABLE, f"the model failed to load: {self.error}",
                                               job.request_id, job.input_type))
+            return
+        if isinstance(self.model, TextModel):
+            self._batch = self.model.batch(self.settings.batch_size)
+        while self._take_work():
+            while self._forgotten:
+                self._conversations.pop(self._forgotten.popleft(), None)
+            if self._running:
+                self._step()
 
     def _load(self) -> bool:
         started = time.perf_counter()
@@ -90,74 +139,127 @@ class Engine:
             return False
         self.load_seconds = round(time.perf_counter() - started, 3)
         self.state = READY
+        modalities = list(self.model.modalities)
         self.metrics.model_loaded.set(1)
         self.metrics.model_load_seconds.set(self.load_seconds)
-        self.metrics.model_info.labels(model=self.choice.name, modalities=",".join(self.model.modalities)).set(1)
-        log.info("model_loaded", model=self.choice.name, path=str(path), modalities=list(self.model.modalities),
-                 load_seconds=self.load_seconds)
+        self.metrics.model_info.labels(model=self.choice.name, modalities=",".join(modalities)).set(1)
+        log.info("model_loaded", model=self.choice.name, path=str(path), modalities=modalities,
+                 load_seconds=self.load_seconds, batch_size=self.settings.batch_size if self._batch else 1)
         return True
+
+    def _take_work(self) -> bool:
+        """Start what is waiting: block while idle, else take only what is ready and fits. False once stopped."""
+        while True:
+            if self.queue.closed:
+                for response in self._running.values():
+                    response.job.cancelled = True
+                return bool(self._running)
+            if self._batch is not None and len(self._running) >= self._batch.capacity:
+                return True
+            job = self.queue.take(timeout=0 if self._running else None)
+            if job is None:
+                return bool(self._running)
+            self._start(job)
 
     def _finish(self, job: Job, event: ServerEvent) -> None:
         job.finished = True
+        self.queue.done(job)
         job.emit(event)
 
-    def _serve(self, job: Job) -> None:
-        self._current = job
+    def _start(self, job: Job) -> None:
+        response = _Response(job, time.monotonic())
         try:
-            self._finish(job, self._generate(job))
+            if job.cancelled:
+                self._finish(job, response.completed("cancelled"))
+                return
+            images = self._images(job)
+            if job.is_frame:
+                self.metrics.frame_age.observe(response.started - job.received_at)
+            if job.reset_history:
+                self._conversations.pop(job.session_id, None)
+            if job.config.history:
+                response.conversation = self._conversations.setdefault(job.session_id, Conversation())
+            if self._batch is not None:
+                self._join_batch(response)
+            else:
+                self._generate_alone(response, images)
         except ClientError as exc:
             self._finish(job, ErrorReport(exc.code, exc.message, job.request_id, job.input_type))
         except Exception as exc:
             log.exception("generation_failed", session=job.session_id, request=job.request_id)
             self._finish(job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                           job.request_id, job.input_type))
-        finally:
-            self._current = None
 
-    def _generate(self, job: Job) -> ResponseCompleted:
+    def _images(self, job: Job) -> list[Image.Image]:
         assert self.model is not None
-        started = time.monotonic()
-        if job.cancelled:
-            return ResponseCompleted(job.request_id, job.input_type, "", "cancelled", 0, 0, 0.0, None)
-        images = []
-        if job.image_data is not None:
-            if "image" not in self.model.modalities:
-                raise ClientError(errors.MODEL_TEXT_ONLY, f"the model {self.choice.name} is text-only: "
-                                  "it cannot take images or frames", job.request_id)
-            settings = self.settings
-            images.append(decode_image(job.image_data, max_bytes=settings.max_image_bytes,
-                                       max_pixels=settings.max_image_pixels, max_side=settings.image_max_side))
-            job.image_data = None
-        if job.is_frame:
-            self.metrics.frame_age.observe(started - job.received_at)
+        if job.image_data is None:
+            return []
+        if "image" not in self.model.modalities:
+            raise ClientError(errors.MODEL_TEXT_ONLY, f"the model {self.choice.name} is text-only: it cannot take "
+                              "images or frames", job.request_id)
+        settings = self.settings
+        data, job.image_data = job.image_data, None
+        return [decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                             max_side=settings.image_max_side)]
+
+    def _join_batch(self, response: _Response) -> None:
+        assert isinstance(self.model, TextModel) and self._batch is not None
+        job, conversation = response.job, response.conversation
+        turns = conversation.turns if conversation else []
+        ids = self.model.prompt_ids(job.prompt, job.context, turns)
+        while conversation and len(ids) > self.settings.context_tokens and conversation.drop_oldest_turn():
+            ids = self.model.prompt_ids(job.prompt, job.context, conversation.turns)
+        cache, cached_tokens = conversation.reuse(ids) if conversation else (None, 0)
         job.emit(ResponseStarted(job.request_id, job.input_type))
-        parts: list[str] = []
-        first_token_at: float | None = None
-        finish_reason, prompt_tokens, completion_tokens = "length", 0, 0
+        uid = self._batch.add(ids, job.max_tokens, job.config, cache, cached_tokens)
+        self._running[uid] = response
+
+    def _step(self) -> None:
+        assert self._batch is not None
+        for uid, response in list(self._running.items()):
+            if response.job.cancelled:
+                self._batch.remove(uid)
+                del self._running[uid]
+                self._finish(response.job, response.completed("cancelled"))
+        if not self._running:
+            return
+        try:
+            results = self._batch.step()
+        except Exception as exc:
+            log.exception("batch_step_failed", requests=len(self._running))
+            for response in self._running.values():
+                self._finish(response.job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
+                                                       response.job.request_id, response.job.input_type))
+            self._running.clear()
+            self._batch = self.model.batch(self.settings.batch_size)  # type: ignore[union-attr]
+            return
+        now = time.monotonic()
+        for uid, chunk, cache, tokens in results:
+            response = self._running.get(uid)
+            if response is None:
+                continue
+            response.add(chunk, now)
+            if chunk.finish_reason is None:
+                continue
+            del self._running[uid]
+            if response.conversation is not None:
+                response.conversation.record({"role": "user", "content": response.job.prompt},
+                                             "".join(response.parts), tokens, cache)
+            self._finish(response.job, response.completed(chunk.finish_reason))
+
+    def _generate_alone(self, response: _Response, images: list[Image.Image]) -> None:
+        assert self.model is not None
+        job = response.job
+        job.emit(ResponseStarted(job.request_id, job.input_type))
+        finish_reason = "length"
         chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config)
         try:
             for chunk in chunks:
                 if job.cancelled:
                     finish_reason = "cancelled"
                     break
-                if first_token_at is None:
-                    first_token_at = time.monotonic()
-                if chunk.text:
-                    parts.append(chunk.text)
-                    job.emit(TokenText(job.request_id, chunk.text))
-                prompt_tokens, completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
-                if chunk.finish_reason is not None:
-                    finish_reason = chunk.finish_reason
+                response.add(chunk, time.monotonic())
+                finish_reason = chunk.finish_reason or finish_reason
         finally:
             chunks.close()
-        ended = time.monotonic()
-        return ResponseCompleted(
-            request_id=job.request_id,
-            input_type=job.input_type,
-            full_text="".join(parts),
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            inference_time=ended - started,
-            time_to_first_token=None if first_token_at is None else first_token_at - started,
-        )
+        self._finish(job, response.completed(finish_reason))

@@ -34,6 +34,7 @@ class ResponseCompleted:
     completion_tokens: int
     inference_time: float
     time_to_first_token: float | None
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class FrameDropped:
 class ConfigUpdated:
     changes: dict[str, Any]
     config: GenerationConfig
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversationReset:
     request_id: str | None = None
 
 
@@ -63,7 +69,7 @@ class ErrorReport:
     input_type: str | None = None
 
 
-ServerEvent = (ResponseStarted | TokenText | ResponseCompleted | FrameDropped | ConfigUpdated | StatusReport
-               | ErrorReport)
+ServerEvent = (ResponseStarted | TokenText | ResponseCompleted | FrameDropped | ConfigUpdated | ConversationReset
+               | StatusReport | ErrorReport)
 
 TERMINAL_EVENTS = (ResponseCompleted, FrameDropped, ErrorReport)

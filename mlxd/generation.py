@@ -16,6 +16,7 @@ class GenerationConfig:
     top_k: int = 50
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    history: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationConfig:

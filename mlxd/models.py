@@ -9,7 +9,7 @@ thread-local.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ class Chunk:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 class LoadedModel(Protocol):
@@ -35,12 +36,14 @@ class LoadedModel(Protocol):
                  config: GenerationConfig) -> Iterator[Chunk]: ...
 
 
-def _messages(prompt: str, context: str | None, system_role: bool) -> list[dict[str, Any]]:
+def _messages(prompt: str, context: str | None, system_role: bool,
+              turns: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Earlier turns, then the question; the context as a system turn, or as a preamble to the question."""
     if context is None:
-        return [{"role": "user", "content": prompt}]
+        return [*turns, {"role": "user", "content": prompt}]
     if system_role:
-        return [{"role": "system", "content": context}, {"role": "user", "content": prompt}]
-    return [{"role": "user", "content": f"{context}\n\n{prompt}"}]
+        return [{"role": "system", "content": context}, *turns, {"role": "user", "content": prompt}]
+    return [*turns, {"role": "user", "content": f"{context}\n\n{prompt}"}]
 
 
 def _sampling(config: GenerationConfig) -> dict[str, Any]:
@@ -67,16 +70,20 @@ class TextModel:
         self.name = name
         self.model, self.tokenizer = mlx_lm.load(str(path))
 
-    def prompt_ids(self, prompt: str, context: str | None) -> list[int]:
+    def prompt_ids(self, prompt: str, context: str | None, turns: Sequence[dict[str, Any]] = ()) -> list[int]:
         if not self.tokenizer.has_chat_template:
-            text = prompt if context is None else f"{context}\n\n{prompt}"
-            return self.tokenizer.encode(text)
+            lines = [context] if context is not None else []
+            lines += [turn["content"] for turn in turns] + [prompt]
+            return self.tokenizer.encode("\n\n".join(lines))
         try:
-            return self.tokenizer.apply_chat_template(_messages(prompt, context, system_role=True),
+            return self.tokenizer.apply_chat_template(_messages(prompt, context, True, turns),
                                                       add_generation_prompt=True)
         except Exception:  # templates that refuse a system turn take the context as a preamble
-            return self.tokenizer.apply_chat_template(_messages(prompt, context, system_role=False),
+            return self.tokenizer.apply_chat_template(_messages(prompt, context, False, turns),
                                                       add_generation_prompt=True)
+
+    def batch(self, capacity: int) -> TextBatch:
+        return TextBatch(self, capacity)
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
                  config: GenerationConfig) -> Iterator[Chunk]:
@@ -87,6 +94,68 @@ class TextModel:
                                                **_sampling(config)):
             yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
                         _completion_tokens(response.generation_tokens, response.finish_reason))
+
+
+@dataclass
+class _Stream:
+    detokenizer: Any
+    prompt_tokens: int
+    cached_tokens: int
+    tokens: list[int]
+    generated: int = 0
+
+
+class TextBatch:
+    """Continuous batching for a text model (mlx-lm's BatchGenerator): requests join and leave between steps.
+
+    Each request brings its own sampler and logits processors, and optionally a KV cache that already holds
+    a prefix of its prompt (a conversation's earlier turns): only the rest is prefilled.
+    """
+
+    def __init__(self, model: TextModel, capacity: int) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self.capacity = capacity
+        self._tokenizer = model.tokenizer
+        self._generator = BatchGenerator(model.model, stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
+                                         completion_batch_size=capacity, prefill_batch_size=capacity)
+        self._streams: dict[int, _Stream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def add(self, ids: list[int], max_tokens: int, config: GenerationConfig, cache: list[Any] | None = None,
+            cached_tokens: int = 0) -> int:
+        """Queue a prompt (`ids`, of which the first `cached_tokens` are already in `cache`); returns its uid."""
+        sampling = _sampling(config)
+        [uid] = self._generator.insert([ids[cached_tokens:]], max_tokens=[max_tokens],
+                                       caches=None if cache is None else [cache],
+                                       samplers=[sampling["sampler"]],
+                                       logits_processors=[sampling["logits_processors"]])
+        self._streams[uid] = _Stream(self._tokenizer.detokenizer, len(ids), cached_tokens, list(ids))
+        return uid
+
+    def step(self) -> list[tuple[int, Chunk, list[Any] | None, list[int]]]:
+        """One decode step for every request: (uid, chunk, and once finished its cache and all its tokens)."""
+        _, responses = self._generator.next()
+        results = []
+        for response in responses:
+            stream = self._streams[response.uid]
+            stream.tokens.append(response.token)
+            if response.finish_reason != "stop":
+                stream.detokenizer.add_token(response.token)
+                stream.generated += 1
+            if response.finish_reason is not None:
+                stream.detokenizer.finalize()
+                del self._streams[response.uid]
+            chunk = Chunk(stream.detokenizer.last_segment, response.finish_reason, stream.prompt_tokens,
+                          stream.generated, stream.cached_tokens)
+            results.append((response.uid, chunk, response.prompt_cache, stream.tokens))
+        return results
+
+    def remove(self, uid: int) -> None:
+        self._generator.remove([uid])
+        self._streams.pop(uid, None)
 
 
 class VisionModel:

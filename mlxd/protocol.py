@@ -21,6 +21,7 @@ from mlxd import errors
 from mlxd.errors import ClientError
 from mlxd.events import (
     ConfigUpdated,
+    ConversationReset,
     ErrorReport,
     FrameDropped,
     ResponseCompleted,
@@ -77,7 +78,12 @@ class GetStatus:
     request_id: str | None
 
 
-ClientMessage = TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus
+@dataclass(frozen=True)
+class Reset:
+    request_id: str | None
+
+
+ClientMessage = TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus | Reset
 
 
 def _reject_constant(name: str) -> Any:
@@ -170,6 +176,8 @@ def _parse_object(message: dict[str, Any], max_text_chars: int, image_bytes: byt
         return Cancel(request_id)
     if kind == "get_status":
         return GetStatus(request_id)
+    if kind == "reset":
+        return Reset(request_id)
     raise ClientError(errors.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", request_id)
 
 
@@ -196,7 +204,7 @@ WIRE_TO_CONFIG: dict[str, tuple[str, float, float, bool]] = {
     "presencePenalty": ("presence_penalty", -2.0, 2.0, False),
     "frequencyPenalty": ("frequency_penalty", -2.0, 2.0, False),
 }
-CONFIG_TO_WIRE = {name: wire for wire, (name, *_) in WIRE_TO_CONFIG.items()}
+CONFIG_TO_WIRE = {name: wire for wire, (name, *_) in WIRE_TO_CONFIG.items()} | {"history": "history"}
 
 
 def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpdate:
@@ -212,6 +220,10 @@ def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpda
             elif wire == "responseModalities":
                 if value != ["TEXT"]:
                     raise ValueError(f'{wire}: only ["TEXT"] is supported')
+            elif wire == "history":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{wire}: must be true or false")
+                changes["history"] = value
             elif wire in WIRE_TO_CONFIG:
                 name, low, high, integer = WIRE_TO_CONFIG[wire]
                 changes[name] = _number(wire, value, low, high, integer)
@@ -253,7 +265,8 @@ def encode(event: ServerEvent) -> str:
             "time_to_first_token": None if event.time_to_first_token is None
             else round(event.time_to_first_token, 6),
             "finish_reason": event.finish_reason,
-            "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens},
+            "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+                      "cached_tokens": event.cached_tokens},
             "timestamp": now,
         }
     elif isinstance(event, FrameDropped):
@@ -262,6 +275,8 @@ def encode(event: ServerEvent) -> str:
         message = {"type": "config_updated",
                    "updated_fields": {CONFIG_TO_WIRE[name]: value for name, value in event.changes.items()},
                    "current_config": wire_config(event.config), "timestamp": now}
+    elif isinstance(event, ConversationReset):
+        message = {"type": "conversation_reset", "timestamp": now}
     elif isinstance(event, StatusReport):
         message = {"type": "status", **event.status, "timestamp": now}
     elif isinstance(event, ErrorReport):

@@ -3,7 +3,9 @@
 Each session has a lane: a bounded FIFO of text and image requests, which are never dropped, and one
 slot for a frame, where a newer frame replaces the waiting one (latest frame wins). The engine takes
 work from the lane served least recently (round-robin, with a newcomer first in line), so a session
-streaming frames cannot starve another session's question. Within a lane, work runs in arrival order.
+streaming frames cannot starve another session's question. Within a lane, work runs in arrival order and
+one job at a time: a lane is busy from `take` until `done`, so a conversation's turns never overlap while
+different sessions share the engine's batch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Job:
     max_tokens: int
     config: GenerationConfig
     emit: Callable[[ServerEvent], None]
+    reset_history: bool = False
     received_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     started: bool = False
@@ -49,6 +52,7 @@ class _Lane:
     requests: deque[Job] = field(default_factory=deque)
     frame: Job | None = None
     last_served: int = -1
+    busy: bool = False
 
     def pop_oldest(self) -> Job | None:
         if self.frame is not None and (not self.requests or self.frame.sequence < self.requests[0].sequence):
@@ -58,6 +62,10 @@ class _Lane:
 
     def __bool__(self) -> bool:
         return bool(self.requests) or self.frame is not None
+
+    @property
+    def ready(self) -> bool:
+        return bool(self) and not self.busy
 
 
 class WorkQueue:
@@ -90,16 +98,26 @@ class WorkQueue:
     def take(self, timeout: float | None = None) -> Job | None:
         """The next job, fairly across sessions; None once closed or after the timeout."""
         with self._ready:
-            if not self._ready.wait_for(lambda: self._closed or any(self._lanes.values()), timeout):
+            if not self._ready.wait_for(lambda: self._closed or any(lane.ready for lane in self._lanes.values()),
+                                        timeout):
                 return None
             if self._closed:
                 return None
-            lane = min((lane for lane in self._lanes.values() if lane), key=lambda lane: lane.last_served)
+            lane = min((lane for lane in self._lanes.values() if lane.ready), key=lambda lane: lane.last_served)
             lane.last_served = next(self._sequence)
+            lane.busy = True
             job = lane.pop_oldest()
             assert job is not None
             job.started = True
             return job
+
+    def done(self, job: Job) -> None:
+        """The job has ended: its session may run the next one."""
+        with self._ready:
+            lane = self._lanes.get(job.session_id)
+            if lane is not None:
+                lane.busy = False
+                self._ready.notify()
 
     def remove(self, session_id: str, job: Job | None = None) -> list[Job]:
         """Take back a session's waiting work (one job, or all of it) before the engine starts it."""
@@ -126,6 +144,10 @@ class WorkQueue:
         with self._ready:
             lanes = list(self._lanes.values())
             return sum(len(lane.requests) for lane in lanes), sum(lane.frame is not None for lane in lanes)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> list[Job]:
         """Stop handing out work; returns everything still waiting so it can be ended."""

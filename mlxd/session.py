@@ -26,6 +26,7 @@ from mlxd.errors import ClientError
 from mlxd.events import (
     TERMINAL_EVENTS,
     ConfigUpdated,
+    ConversationReset,
     ErrorReport,
     FrameDropped,
     ResponseCompleted,
@@ -36,7 +37,7 @@ from mlxd.events import (
 from mlxd.generation import GenerationConfig
 from mlxd.media import check_encoded_size
 from mlxd.metrics import Metrics
-from mlxd.protocol import Cancel, ClientMessage, ConfigUpdate, GetStatus, ImageInput, TextInput
+from mlxd.protocol import Cancel, ClientMessage, ConfigUpdate, GetStatus, ImageInput, Reset, TextInput
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
 
@@ -95,17 +96,19 @@ def coalesce(events: list[ServerEvent]) -> list[ServerEvent]:
 
 class Session:
     def __init__(self, settings: Settings, queue: WorkQueue, metrics: Metrics,
-                 engine_status: Callable[[], dict[str, Any]], outbox: Outbox) -> None:
+                 engine_status: Callable[[], dict[str, Any]], forget: Callable[[str], None], outbox: Outbox) -> None:
         self.id = f"s{next(_session_numbers)}"
         self.settings = settings
         self.config = GenerationConfig.from_settings(settings)
         self.queue = queue
         self.metrics = metrics
         self.engine_status = engine_status
+        self.forget = forget
         self.outbox = outbox
         self.opened = time.monotonic()
         self.messages = self.frames_received = self.frames_dropped = 0
         self._jobs: list[Job] = []
+        self._reset_pending = False
 
     def handle(self, message: ClientMessage) -> None:
         """Act on one parsed client message; refusals go back to the client as error events."""
@@ -119,6 +122,9 @@ class Session:
                 self._cancel(message.request_id)
             elif isinstance(message, GetStatus):
                 self.outbox.put(StatusReport(self.status(), message.request_id))
+            elif isinstance(message, Reset):
+                self._reset_pending = True
+                self.outbox.put(ConversationReset(message.request_id))
         except ClientError as exc:
             self.refuse(exc)
 
@@ -167,7 +173,7 @@ class Session:
         if self.settings.log_content:
             log.info("request_content", session=self.id, request=request_id, prompt=prompt, context=context)
         return Job(self.id, request_id, input_type, is_frame, prompt, context, image_data, max_tokens,
-                   self.config, self.outbox.put)
+                   self.config, self.outbox.put, reset_history=self._reset_pending)
 
     def _queue_request(self, job: Job) -> None:
         try:
@@ -179,6 +185,8 @@ class Session:
         self._update_depths()
 
     def _track(self, job: Job) -> None:
+        """An accepted job: it carries any pending reset of the conversation to the engine."""
+        self._reset_pending = False
         self._jobs = [tracked for tracked in self._jobs if not tracked.finished]
         self._jobs.append(job)
 
@@ -226,6 +234,7 @@ class Session:
             self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
         for job in self._jobs:
             job.cancelled = True
+        self.forget(self.id)
         self._update_depths()
         log.info("connection_closed", session=self.id, duration=round(time.monotonic() - self.opened, 3),
                  messages=self.messages, frames_received=self.frames_received,

@@ -29,6 +29,8 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_text_chars: int = 32_000
     max_pending: int = 16
+    batch_size: int = 8
+    context_tokens: int = 4096
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -72,3 +74,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest text, prompt or context accepted (default: %(default)s)")
     parser.add_argument("--max-pending", type=positive_int, default=d.max_pending,
                         help="text and image requests one session may have waiting (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                        help="sessions decoded together by a text model (default: %(default)s)")
+    parser.add_argument("--context-tokens", type=positive_int, default=d.context_tokens,
+                        help="token budget of a conversation with history on; older turns are dropped "
+                             "past it (default: %(default)s)")

@@ -11,6 +11,7 @@ from mlxd import errors, protocol
 from mlxd.errors import ClientError
 from mlxd.events import (
     ConfigUpdated,
+    ConversationReset,
     ErrorReport,
     FrameDropped,
     ResponseCompleted,
@@ -109,6 +110,12 @@ def test_config_is_atomic_and_reports_every_bad_field():
     assert "topP" in error.message and "topK" in error.message
 
 
+def test_history_and_reset():
+    assert parse({"type": "config", "history": True}).changes == {"history": True}
+    assert refused({"type": "config", "history": 1}).code == errors.INVALID_FIELD
+    assert parse({"type": "reset", "id": "r"}) == protocol.Reset("r")
+
+
 def test_cancel_and_status():
     assert parse({"type": "cancel", "id": "q1"}) == protocol.Cancel("q1")
     assert parse({"type": "cancel"}) == protocol.Cancel(None)
@@ -149,10 +156,11 @@ def encoded(event) -> dict:
 def test_encode_every_server_event():
     assert encoded(ResponseStarted("q", "text")) == {"type": "response_start", "input_type": "text", "id": "q"}
     assert encoded(TokenText(None, "hé")) == {"type": "token", "content": "hé"}
-    assert encoded(ResponseCompleted("q", "image", "ab", "stop", 10, 2, 0.5, 0.1)) == {
+    assert encoded(ResponseCompleted("q", "image", "ab", "stop", 10, 2, 0.5, 0.1, cached_tokens=6)) == {
         "type": "response_complete", "full_text": "ab", "input_type": "image", "inference_time": 0.5,
-        "time_to_first_token": 0.1, "finish_reason": "stop", "usage": {"prompt_tokens": 10, "completion_tokens": 2},
-        "id": "q"}
+        "time_to_first_token": 0.1, "finish_reason": "stop",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "cached_tokens": 6}, "id": "q"}
+    assert encoded(ConversationReset("r")) == {"type": "conversation_reset", "id": "r"}
     assert encoded(FrameDropped("f", "superseded")) == {"type": "frame_dropped", "reason": "superseded", "id": "f"}
     assert encoded(ErrorReport("queue_full", "full", "q")) == {"type": "error", "error": "full",
                                                                "code": "queue_full", "id": "q"}
@@ -162,4 +170,5 @@ def test_encode_every_server_event():
     assert message["updated_fields"] == {"temperature": 0.2}
     assert message["current_config"] == {
         "candidateCount": 1, "maxOutputTokens": 200, "max_tokens_image": 100, "temperature": 0.2, "topP": 1.0,
-        "topK": 50, "presencePenalty": 0.0, "frequencyPenalty": 0.0, "responseModalities": ["TEXT"]}
+        "topK": 50, "presencePenalty": 0.0, "frequencyPenalty": 0.0, "history": False,
+        "responseModalities": ["TEXT"]}

@@ -16,7 +16,13 @@ def job(session: str, name: str, frame: bool = False) -> Job:
 
 
 def names(queue: WorkQueue, count: int) -> list[str]:
-    return [queue.take(timeout=0).request_id for _ in range(count)]
+    """Take and finish `count` jobs, one at a time."""
+    taken = []
+    for _ in range(count):
+        job = queue.take(timeout=0)
+        queue.done(job)
+        taken.append(job.request_id)
+    return taken
 
 
 def test_requests_run_in_arrival_order_within_a_session():
@@ -52,6 +58,18 @@ def test_frame_streamer_cannot_starve_a_question():
     queue.put_request(job("b", "q"))
     queue.put_frame(job("cam", "f2", frame=True))
     assert names(queue, 2) == ["q", "f2"]
+
+
+def test_a_session_runs_one_job_at_a_time_while_others_proceed():
+    queue = WorkQueue(max_pending=8)
+    for name in ("a1", "a2"):
+        queue.put_request(job("a", name))
+    queue.put_request(job("b", "b1"))
+    first = queue.take(timeout=0)
+    assert queue.take(timeout=0).request_id == "b1"
+    assert queue.take(timeout=0) is None, "a2 waits until a1 is done"
+    queue.done(first)
+    assert queue.take(timeout=0).request_id == "a2"
 
 
 def test_latest_frame_wins():

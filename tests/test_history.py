@@ -1,0 +1,67 @@
+"""Conversations: with history on, turns see earlier turns and prefill only what is new."""
+
+from __future__ import annotations
+
+import mlx_lm
+from mlx_lm.sample_utils import make_sampler
+
+from tests.helpers import receive, run_request, send
+
+
+def ask(ws, content: str, request_id: str) -> dict:
+    done = run_request(ws, {"type": "text_input", "content": content, "id": request_id})[-1]
+    assert done["type"] == "response_complete", done
+    return done
+
+
+def cold_greedy(model_path, messages: list[dict], max_tokens: int) -> tuple[str, int]:
+    model, tokenizer = mlx_lm.load(str(model_path))
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    text = "".join(r.text for r in mlx_lm.stream_generate(model, tokenizer, ids, max_tokens=max_tokens,
+                                                          sampler=make_sampler(0.0)))
+    return text, len(ids)
+
+
+def test_a_follow_up_sees_the_conversation_and_reuses_its_cache(text_server, tiny_text_model):
+    with text_server.connect() as ws:
+        send(ws, {"type": "config", "history": True, "temperature": 0, "maxOutputTokens": 12})
+        assert receive(ws)["current_config"]["history"] is True
+        first = ask(ws, "Tell me a story about a robot.", "t1")
+        second = ask(ws, "What happened next?", "t2")
+    assert first["usage"]["cached_tokens"] == 0
+    conversation = [{"role": "user", "content": "Tell me a story about a robot."},
+                    {"role": "assistant", "content": first["full_text"]},
+                    {"role": "user", "content": "What happened next?"}]
+    expected_text, expected_prompt = cold_greedy(tiny_text_model, conversation, 12)
+    assert second["usage"]["prompt_tokens"] == expected_prompt
+    assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert second["full_text"] == expected_text, "a warm turn answers exactly as a cold run of the conversation"
+
+
+def test_history_is_off_by_default_and_reset_clears_it(text_server):
+    with text_server.connect() as ws:
+        send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 5})
+        receive(ws)
+        one_shot = ask(ws, "Hello", "a")
+        assert ask(ws, "Hello", "b")["usage"]["prompt_tokens"] == one_shot["usage"]["prompt_tokens"]
+        send(ws, {"type": "config", "history": True})
+        receive(ws)
+        ask(ws, "Hello", "c")
+        assert ask(ws, "Hello", "d")["usage"]["prompt_tokens"] > one_shot["usage"]["prompt_tokens"]
+        send(ws, {"type": "reset", "id": "r"})
+        reset = receive(ws)
+        assert (reset["type"], reset["id"]) == ("conversation_reset", "r")
+        fresh = ask(ws, "Hello", "e")
+    assert fresh["usage"]["prompt_tokens"] == one_shot["usage"]["prompt_tokens"]
+    assert fresh["usage"]["cached_tokens"] == 0
+
+
+def test_the_conversation_stays_within_its_token_budget(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, "--context-tokens", "120")
+    with server.connect() as ws:
+        send(ws, {"type": "config", "history": True, "temperature": 0, "maxOutputTokens": 10})
+        receive(ws)
+        prompts = [ask(ws, f"Question number {i}, tell me more.", f"q{i}")["usage"]["prompt_tokens"]
+                   for i in range(8)]
+    assert prompts[1] > prompts[0]
+    assert max(prompts) <= 120

@@ -25,7 +25,7 @@ from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerE
 from mlxd.media import decode_image
 from mlxd.metrics import Metrics
 from mlxd.model_choice import ModelChoice, resolve
-from mlxd.models import Chunk, LoadedModel, TextBatch, TextModel, load_model, local_path
+from mlxd.models import Chunk, LoadedModel, TextBatch, TextModel, VisionModel, load_model, local_path, user_turn
 from mlxd.scheduler import Job, WorkQueue
 from mlxd.settings import Settings
 
@@ -243,16 +243,16 @@ class Engine:
                 continue
             del self._running[uid]
             if response.conversation is not None:
-                response.conversation.record({"role": "user", "content": response.job.prompt},
-                                             "".join(response.parts), tokens, cache)
+                response.conversation.record(user_turn(response.job.prompt, 0), "".join(response.parts),
+                                             len(tokens), cache=cache, tokens=tokens)
             self._finish(response.job, response.completed(chunk.finish_reason))
 
     def _generate_alone(self, response: _Response, images: list[Image.Image]) -> None:
-        assert self.model is not None
-        job = response.job
+        assert isinstance(self.model, VisionModel)
+        job, conversation = response.job, response.conversation
         job.emit(ResponseStarted(job.request_id, job.input_type))
         finish_reason = "length"
-        chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config)
+        chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config, conversation)
         try:
             for chunk in chunks:
                 if job.cancelled:
@@ -262,4 +262,13 @@ class Engine:
                 finish_reason = chunk.finish_reason or finish_reason
         finally:
             chunks.close()
+        if conversation is not None:
+            if finish_reason == "cancelled":
+                conversation.vision_state = None  # generation stopped before the cache state was brought up to date
+            else:
+                last = response.last or Chunk("", None, 0, 0)
+                conversation.record(user_turn(job.prompt, len(images)), "".join(response.parts),
+                                    last.prompt_tokens + last.completion_tokens, images)
+                while conversation.tokens > self.settings.context_tokens and conversation.drop_oldest_turn():
+                    pass
         self._finish(job, response.completed(finish_reason))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from mlxd.conversation import Conversation
 from mlxd.generation import GenerationConfig
 
 
@@ -36,14 +37,22 @@ class LoadedModel(Protocol):
                  config: GenerationConfig) -> Iterator[Chunk]: ...
 
 
-def _messages(prompt: str, context: str | None, system_role: bool,
+def _messages(question: str | dict[str, Any], context: str | None, system_role: bool,
               turns: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Earlier turns, then the question; the context as a system turn, or as a preamble to the question."""
+    user = question if isinstance(question, dict) else {"role": "user", "content": question}
     if context is None:
-        return [*turns, {"role": "user", "content": prompt}]
+        return [*turns, user]
     if system_role:
-        return [{"role": "system", "content": context}, *turns, {"role": "user", "content": prompt}]
-    return [*turns, {"role": "user", "content": f"{context}\n\n{prompt}"}]
+        return [{"role": "system", "content": context}, *turns, user]
+    return [*turns, _with_preamble(user, context)]
+
+
+def _with_preamble(user: dict[str, Any], context: str) -> dict[str, Any]:
+    content = user["content"]
+    if isinstance(content, str):
+        return {**user, "content": f"{context}\n\n{content}"}
+    return {**user, "content": [{"type": "text", "text": context}, *content]}
 
 
 def _sampling(config: GenerationConfig) -> dict[str, Any]:
@@ -158,6 +167,14 @@ class TextBatch:
         self._streams.pop(uid, None)
 
 
+def user_turn(prompt: str, num_images: int) -> dict[str, Any]:
+    """A question, with a marker per image so that a conversation's images stay in their own turns."""
+    if not num_images:
+        return {"role": "user", "content": prompt}
+    return {"role": "user", "content": [*({"type": "image"} for _ in range(num_images)),
+                                        {"type": "text", "text": prompt}]}
+
+
 class VisionModel:
     modalities = ("text", "image")
 
@@ -167,25 +184,33 @@ class VisionModel:
         self.name = name
         self.model, self.processor = mlx_vlm.load(str(path))
 
-    def prompt_text(self, prompt: str, context: str | None, num_images: int) -> str:
+    def prompt_text(self, messages: list[dict[str, Any]], num_images: int) -> str:
         from mlx_vlm import apply_chat_template
 
-        try:
-            return apply_chat_template(self.processor, self.model.config,
-                                       _messages(prompt, context, system_role=True), num_images=num_images)
-        except Exception:  # templates that refuse a system turn take the context as a preamble
-            return apply_chat_template(self.processor, self.model.config,
-                                       _messages(prompt, context, system_role=False), num_images=num_images)
+        return apply_chat_template(self.processor, self.model.config, messages, num_images=num_images)
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-                 config: GenerationConfig) -> Iterator[Chunk]:
+                 config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:
+        """Generate; with a conversation, earlier turns and images come first and its cache is reused."""
         import mlx_vlm
+        from mlx_vlm.generate import PromptCacheState
 
-        text = self.prompt_text(prompt, context, len(images))
-        for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=images or None,
-                                                max_tokens=max_tokens, **_sampling(config)):
+        turns, earlier_images = (conversation.turns, conversation.images) if conversation else ([], [])
+        all_images = [*earlier_images, *images]
+        question = user_turn(prompt, len(images))
+        try:
+            text = self.prompt_text(_messages(question, context, True, turns), len(all_images))
+        except Exception:  # templates that refuse a system turn take the context as a preamble
+            text = self.prompt_text(_messages(question, context, False, turns), len(all_images))
+        state = None
+        if conversation is not None:
+            state = conversation.vision_state = conversation.vision_state or PromptCacheState()
+        for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=all_images or None,
+                                                max_tokens=max_tokens, prompt_cache_state=state,
+                                                **_sampling(config)):
             yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
-                        _completion_tokens(response.generation_tokens, response.finish_reason))
+                        _completion_tokens(response.generation_tokens, response.finish_reason),
+                        response.cached_tokens)
 
 
 def local_path(name: str) -> Path:

@@ -65,3 +65,31 @@ def test_the_conversation_stays_within_its_token_budget(start_server, tiny_text_
                    for i in range(8)]
     assert prompts[1] > prompts[0]
     assert max(prompts) <= 120
+
+
+def test_a_vision_conversation_keeps_its_image_and_reuses_the_cache_for_text_follow_ups(vision_server,
+                                                                                     tiny_vision_model):
+    import mlx_vlm
+    from mlx_vlm import apply_chat_template
+
+    from mlxd.media import decode_image
+    from tests.helpers import image_b64
+
+    image = image_b64(96, 64, "PNG")
+    with vision_server.connect() as ws:
+        send(ws, {"type": "config", "history": True, "temperature": 0, "maxOutputTokens": 8, "max_tokens_image": 8})
+        receive(ws)
+        first = run_request(ws, {"type": "image_input", "image": image, "prompt": "What is this?", "id": "i"})[-1]
+        second = ask(ws, "And its colour?", "f")
+    assert second["usage"]["cached_tokens"] > 0
+    assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+
+    model, processor = mlx_vlm.load(str(tiny_vision_model))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+                {"role": "assistant", "content": first["full_text"]},
+                {"role": "user", "content": "And its colour?"}]
+    prompt = apply_chat_template(processor, model.config, messages, num_images=1)
+    picture = decode_image(image, max_bytes=10**7, max_pixels=10**8, max_side=768)
+    cold = "".join(r.text for r in mlx_vlm.stream_generate(model, processor, prompt, image=[picture], max_tokens=8,
+                                                           sampler=make_sampler(0.0)))
+    assert second["full_text"] == cold

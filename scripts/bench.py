@@ -1,20 +1,26 @@
-"""Benchmark: mlxd over a WebSocket against the in-process floor, and frame freshness under a 30 fps stream.
+"""Benchmark mlxd against its floor, one run, one machine, the same model each way, side by side.
 
-One run, one machine, the same model two ways:
-  floor   mlx_lm / mlx_vlm `stream_generate` called directly in this process
-  mlxd    the same prompt through `python -m mlxd serve` and a real WebSocket client
-It prints time to first token and decode tokens/s for both and the ratio to the floor, then streams frames
-at 30 fps to a vision model and prints the age of each answered frame when its inference starts (p50/p95)
-and how many were dropped. Figures are medians of several runs; compare ratios, not absolute numbers.
+Sections (all by default, or pick with --only):
+  single    one stream: direct `stream_generate` in this process (the floor) against the same prompt through
+            `mlxd serve` and a real WebSocket client, runs interleaved; time to first token, decode tokens/s
+  batching  1, 2, 4 and 8 concurrent clients against continuous batching, and 8 clients against the same
+            server with --batch-size 1 (requests served one after another): aggregate tokens/s, worst TTFT
+  history   a 1,000+ token conversation: the second turn's TTFT with history on (cache reused) and off
+            (the whole conversation prefilled again)
+  frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
+            (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+
+Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
     python scripts/bench.py                       # tiny random-weight models built on the fly
-    python scripts/bench.py --model smollm2-135m  # the embedded chat model
+    python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single`
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import statistics
 import sys
@@ -30,59 +36,160 @@ from mlxd.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
-from tests.helpers import ServerProcess, image_b64
+from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
 
 PROMPT = "Tell me a story about a robot who learns to paint."
+SECTIONS = ("single", "batching", "history", "frames")
 
 
-def floor(model_name: str, max_tokens: int, runs: int) -> tuple[float, float]:
-    """Median (time to first token, decode tokens/s) of direct stream_generate, greedy."""
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class Client:
+    """One WebSocket session; `ask` returns (TTFT, decode tokens/s, the completion message)."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, url: str, **config) -> Client:
+        ws = await websockets.connect(url, max_size=None)
+        client = cls(ws)
+        if config:
+            await ws.send(json.dumps({"type": "config", **config}))
+            await ws.recv()
+        return client
+
+    async def ask(self, content: str, request_id: str = "q") -> tuple[float, float, dict]:
+        sent = time.perf_counter()
+        await self.ws.send(json.dumps({"type": "text_input", "content": content, "id": request_id}))
+        first = None
+        while True:
+            message = json.loads(await self.ws.recv())
+            if message["type"] == "token" and first is None:
+                first = time.perf_counter()
+            if message["type"] in ("response_complete", "error"):
+                ended = time.perf_counter()
+                break
+        tokens = message.get("usage", {}).get("completion_tokens", 0)
+        first = first or ended
+        return first - sent, (tokens - 1) / (ended - first) if tokens > 1 and ended > first else 0.0, message
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
+    server = ServerProcess(model, "--log-level", "warning", *args, log_path=scratch / f"{name}.log")
+    server.wait_state("ready", timeout=600)
+    return server
+
+
+def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     from mlxd.generation import GenerationConfig
     from mlxd.model_choice import resolve
     from mlxd.models import load_model, local_path
 
     model = load_model(model_name, local_path(resolve(model_name)))
     config = GenerationConfig(temperature=0.0, max_tokens=max_tokens)
-    ttfts, rates = [], []
-    for _ in range(runs + 1):
+
+    def floor_run() -> tuple[float, float]:
         started = time.perf_counter()
-        first = None
-        tokens = 0
+        first, tokens = None, 0
         for chunk in model.generate(PROMPT, None, [], max_tokens, config):
             first = first or time.perf_counter()
             tokens = chunk.completion_tokens
         ended = time.perf_counter()
-        ttfts.append(first - started)
-        rates.append((tokens - 1) / (ended - first) if tokens > 1 else 0.0)
-    return statistics.median(ttfts[1:]), statistics.median(rates[1:])
+        return first - started, (tokens - 1) / (ended - first)
+
+    server = start(model_name, scratch, "single")
+    try:
+        async def interleaved() -> list[tuple[tuple[float, float], tuple[float, float]]]:
+            client = await Client.open(server.ws_url(), temperature=0, maxOutputTokens=max_tokens)
+            pairs = []
+            for run in range(runs + 1):
+                floor = floor_run()
+                ttft, rate, _ = await client.ask(PROMPT, f"r{run}")
+                pairs.append((floor, (ttft, rate)))
+            await client.close()
+            return pairs[1:]
+
+        pairs = asyncio.run(interleaved())
+    finally:
+        server.stop()
+    floor_ttft, floor_rate = median([p[0][0] for p in pairs]), median([p[0][1] for p in pairs])
+    ttft, rate = median([p[1][0] for p in pairs]), median([p[1][1] for p in pairs])
+    print(f"\n[single] {model_name}, {max_tokens} tokens, greedy, median of {runs} interleaved runs")
+    print(f"{'':8}{'TTFT ms':>10}{'tok/s':>10}")
+    print(f"{'floor':8}{1000 * floor_ttft:>10.2f}{floor_rate:>10.1f}")
+    print(f"{'mlxd':8}{1000 * ttft:>10.2f}{rate:>10.1f}")
+    print(f"{'ratio':8}{ttft / floor_ttft:>10.2f}{rate / floor_rate:>10.2f}   (mlxd / floor)")
 
 
-async def through_mlxd(url: str, max_tokens: int, runs: int) -> tuple[float, float]:
-    ttfts, rates = [], []
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "config", "temperature": 0, "maxOutputTokens": max_tokens}))
-        await ws.recv()
-        for run in range(runs + 1):
-            sent = time.perf_counter()
-            await ws.send(json.dumps({"type": "text_input", "content": PROMPT, "id": f"r{run}"}))
-            first = None
-            while True:
-                message = json.loads(await ws.recv())
-                if message["type"] == "token" and first is None:
-                    first = time.perf_counter()
-                if message["type"] == "response_complete":
-                    ended = time.perf_counter()
-                    tokens = message["usage"]["completion_tokens"]
-                    break
-            ttfts.append(first - sent)
-            rates.append((tokens - 1) / (ended - first) if tokens > 1 else 0.0)
-    return statistics.median(ttfts[1:]), statistics.median(rates[1:])
+async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, float]:
+    """Aggregate generated tokens/s and the worst TTFT when `clients` ask at the same moment."""
+    sessions = [await Client.open(url, temperature=0, maxOutputTokens=max_tokens) for _ in range(clients)]
+    started = time.perf_counter()
+    results = await asyncio.gather(*(s.ask(PROMPT, f"c{i}") for i, s in enumerate(sessions)))
+    elapsed = time.perf_counter() - started
+    for session in sessions:
+        await session.close()
+    tokens = sum(message["usage"]["completion_tokens"] for _, _, message in results)
+    return tokens / elapsed, max(ttft for ttft, _, _ in results)
+
+
+def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
+    print(f"\n[batching] {model_name}, {max_tokens} tokens per client, greedy, median of {runs} runs")
+    print(f"{'clients':>8}{'server':>16}{'agg tok/s':>12}{'worst TTFT ms':>15}")
+    figures = {}
+    for label, args in (("sequential", ("--batch-size", "1")), ("batched", ())):
+        server = start(model_name, scratch, label, *args)
+        try:
+            for clients in ((8,) if label == "sequential" else (1, 2, 4, 8)):
+                samples = [asyncio.run(concurrent(server.ws_url(), clients, max_tokens)) for _ in range(runs)]
+                rate, worst = median([s[0] for s in samples]), median([s[1] for s in samples])
+                figures[label, clients] = rate, worst
+                print(f"{clients:>8}{label:>16}{rate:>12.0f}{1000 * worst:>15.1f}")
+        finally:
+            server.stop()
+    (batched_rate, batched_ttft), (sequential_rate, sequential_ttft) = figures["batched", 8], figures["sequential", 8]
+    print(f"8 clients: {batched_rate / sequential_rate:.2f}x the aggregate tokens/s of sequential serving; worst "
+          f"TTFT {1000 * batched_ttft:.1f} ms batched vs {1000 * sequential_ttft:.1f} ms sequential")
+
+
+def history(model_name: str, scratch: Path, runs: int) -> None:
+    opening = " ".join(f"Sentence {i}: the quick brown fox jumps over the lazy dog." for i in range(90))
+    server = start(model_name, scratch, "history")
+    try:
+        async def conversation(keep: bool) -> tuple[dict, dict]:
+            client = await Client.open(server.ws_url(), temperature=0, maxOutputTokens=16, history=keep)
+            _, _, first = await client.ask(opening, "t1")
+            if keep:
+                _, _, second = await client.ask("What happened next?", "t2")
+            else:
+                follow_up = f"{opening}\n\nYou said: {first['full_text']}\n\nWhat happened next?"
+                _, _, second = await client.ask(follow_up, "t2")
+            await client.close()
+            return first, second
+
+        samples = {keep: [asyncio.run(conversation(keep)) for _ in range(runs)] for keep in (True, False)}
+    finally:
+        server.stop()
+    print(f"\n[history] {model_name}, server-side time to first token, median of {runs} conversations")
+    for keep, label in ((True, "history on"), (False, "history off")):
+        first = median([s[0]["time_to_first_token"] for s in samples[keep]])
+        second = median([s[1]["time_to_first_token"] for s in samples[keep]])
+        usage = samples[keep][0][1]["usage"]
+        print(f"  {label:12} turn 1 {1000 * first:7.1f} ms   turn 2 {1000 * second:7.1f} ms "
+              f"({usage['prompt_tokens']} prompt tokens, {usage['cached_tokens']} cached)   "
+              f"turn 2 / turn 1 = {second / first:.2f}")
 
 
 async def frame_stream(url: str, fps: float, seconds: float, max_tokens: int) -> dict[str, float]:
     """Send frames at `fps`; the age of an answered frame is its inference start minus its send time."""
-    frame = image_b64(640, 480)
+    frame = "data:image/jpeg;base64," + base64.b64encode(encoded_image(640, 480)).decode()
     sent_at: dict[str, float] = {}
     ages: list[float] = []
     dropped = answered = 0
@@ -112,47 +219,73 @@ async def frame_stream(url: str, fps: float, seconds: float, max_tokens: int) ->
             "age_p50_ms": 1000 * ages[len(ages) // 2], "age_p95_ms": 1000 * ages[int(len(ages) * 0.95)]}
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+async def wire_cost(url: str, pid: int, binary: bool, count: int) -> tuple[float, float]:
+    """Bytes per frame message, and server CPU seconds per frame (one at a time, one token each)."""
+    jpeg = encoded_image(640, 480)
+    header = json.dumps({"type": "video_frame", "id": "w"}).encode()
+    message: str | bytes = (len(header).to_bytes(4, "big") + header + jpeg if binary else
+                            json.dumps({"type": "video_frame", "id": "w",
+                                        "frame": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}))
+    async with websockets.connect(url, max_size=None, compression=None) as ws:
+        await ws.send(json.dumps({"type": "config", "max_tokens_image": 1}))
+        await ws.recv()
+        before = cpu_seconds(pid)
+        for _ in range(count):
+            await ws.send(message)
+            while json.loads(await ws.recv())["type"] not in ("response_complete", "error", "frame_dropped"):
+                pass
+        spent = cpu_seconds(pid) - before
+    return len(message), spent / count
+
+
+def frames(model_name: str, scratch: Path, fps: float, seconds: float, tokens: int, count: int) -> None:
+    server = start(model_name, scratch, "frames")
+    try:
+        stream = asyncio.run(frame_stream(server.ws_url(), fps, seconds, tokens))
+        costs = {binary: asyncio.run(wire_cost(server.ws_url(), server.process.pid, binary, count))
+                 for binary in (False, True)}
+    finally:
+        server.stop()
+    print(f"\n[frames] {model_name}, 640x480 JPEG at {fps:g} fps for {seconds:g} s, {tokens} tokens per answer")
+    print(f"  sent {stream['sent']}, answered {stream['answered']}, dropped {stream['dropped']}; age at inference "
+          f"start p50 {stream['age_p50_ms']:.1f} ms, p95 {stream['age_p95_ms']:.1f} ms")
+    for binary, label in ((False, "base64 JSON"), (True, "binary")):
+        size, cpu = costs[binary]
+        print(f"  {label:12} {size:>8} bytes per frame, server CPU {1000 * cpu:6.2f} ms per frame "
+              f"(decode + 1-token answer, {count} frames)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="text model (default: a tiny random-weight llama)")
-    parser.add_argument("--vision-model", help="vision model for the frame stream (default: a tiny gemma3)")
+    parser.add_argument("--model", help="text model for `single` (default: a tiny random-weight llama)")
+    parser.add_argument("--vision-model", help="vision model for `frames` (default: a tiny gemma3)")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frame-tokens", type=int, default=16)
+    parser.add_argument("--wire-frames", type=int, default=100)
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch_path = Path(scratch)
-        text_model = args.model or str(build_text_model(scratch_path / "tiny-llama"))
-        vision_model = args.vision_model or str(build_vision_model(scratch_path / "tiny-gemma3"))
-
-        floor_ttft, floor_rate = floor(text_model, args.max_tokens, args.runs)
-        server = ServerProcess(text_model, "--log-level", "warning", log_path=scratch_path / "text.log")
-        try:
-            server.wait_state("ready", timeout=600)
-            served_ttft, served_rate = asyncio.run(through_mlxd(server.ws_url(), args.max_tokens, args.runs))
-        finally:
-            server.stop()
-
-        server = ServerProcess(vision_model, "--log-level", "warning", log_path=scratch_path / "vision.log")
-        try:
-            server.wait_state("ready", timeout=600)
-            frames = asyncio.run(frame_stream(server.ws_url(), args.fps, args.seconds, args.frame_tokens))
-        finally:
-            server.stop()
-
-    print(f"text model: {args.model or 'tiny llama (random weights)'}, {args.max_tokens} tokens, "
-          f"median of {args.runs} runs, greedy; BLAS: {BLAS or 'mlx default'}")
-    print(f"{'':8}{'TTFT ms':>10}{'tok/s':>10}")
-    print(f"{'floor':8}{1000 * floor_ttft:>10.2f}{floor_rate:>10.1f}")
-    print(f"{'mlxd':8}{1000 * served_ttft:>10.2f}{served_rate:>10.1f}")
-    print(f"{'ratio':8}{served_ttft / floor_ttft:>10.2f}{served_rate / floor_rate:>10.2f}   (mlxd / floor)")
-    print(f"frames: {args.vision_model or 'tiny gemma3 (random weights)'}, 640x480 JPEG at {args.fps:g} fps for "
-          f"{args.seconds:g} s, {args.frame_tokens} tokens per answer")
-    print(f"  sent {frames['sent']}, answered {frames['answered']}, dropped {frames['dropped']}; age at "
-          f"inference start p50 {frames['age_p50_ms']:.1f} ms, p95 {frames['age_p95_ms']:.1f} ms")
+    sections = args.only or SECTIONS
+    print(f"BLAS: {BLAS or 'mlx default'}")
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        tiny_text = str(build_text_model(scratch / "tiny-llama"))
+        if "single" in sections:
+            single(args.model or tiny_text, scratch, args.max_tokens, args.runs)
+        if "batching" in sections:
+            batching(tiny_text, scratch, args.max_tokens, args.runs)
+        if "history" in sections:
+            history(tiny_text, scratch, args.runs)
+        if "frames" in sections:
+            vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
+            frames(vision, scratch, args.fps, args.seconds, args.frame_tokens, args.wire_frames)
 
 
 if __name__ == "__main__":

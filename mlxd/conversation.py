@@ -21,6 +21,7 @@ from PIL import Image
 
 @dataclass
 class Conversation:
+    budget: int
     turns: list[dict[str, Any]] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list)
     turn_images: list[int] = field(default_factory=list)
@@ -65,6 +66,8 @@ class Conversation:
         offset = getattr(cache[0], "offset", None) if cache else None
         self.cache = cache if offset == len(tokens) else None
         self.cache_tokens = list(tokens) if self.cache is not None else []
+        while self.tokens > self.budget and self.drop_oldest_turn():
+            pass
 
     def drop_oldest_turn(self) -> bool:
         """Forget the oldest turn with images, else the oldest turn; False when there is none left."""

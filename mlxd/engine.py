@@ -19,13 +19,14 @@ import structlog
 from PIL import Image
 
 from mlxd import errors
+from mlxd.batching import TextBatch, VisionBatch
 from mlxd.conversation import Conversation
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
 from mlxd.metrics import Metrics
 from mlxd.model_choice import ModelChoice, resolve
-from mlxd.models import Chunk, LoadedModel, TextBatch, TextModel, VisionModel, load_model, local_path, user_turn
+from mlxd.models import Chunk, LoadedModel, VisionModel, load_model, local_path
 from mlxd.scheduler import Job, WorkQueue
 from mlxd.settings import Settings
 
@@ -79,7 +80,7 @@ class Engine:
         self.model: LoadedModel | None = None
         self.load_seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="mlxd-engine", daemon=True)
-        self._batch: TextBatch | None = None
+        self._batch: TextBatch | VisionBatch | None = None
         self._running: dict[int, _Response] = {}
         self._conversations: dict[str, Conversation] = {}
         self._forgotten: deque[str] = deque()
@@ -119,8 +120,7 @@ class Engine:
                 self._finish(job, ErrorReport(errors.MODEL_UNAVAILABLE, f"the model failed to load: {self.error}",
                                               job.request_id, job.input_type))
             return
-        if isinstance(self.model, TextModel):
-            self._batch = self.model.batch(self.settings.batch_size)
+        self._batch = self.model.batch(self.settings.batch_size)
         while self._take_work():
             while self._forgotten:
                 self._conversations.pop(self._forgotten.popleft(), None)
@@ -144,7 +144,7 @@ class Engine:
         self.metrics.model_load_seconds.set(self.load_seconds)
         self.metrics.model_info.labels(model=self.choice.name, modalities=",".join(modalities)).set(1)
         log.info("model_loaded", model=self.choice.name, path=str(path), modalities=modalities,
-                 load_seconds=self.load_seconds, batch_size=self.settings.batch_size if self._batch else 1)
+                 load_seconds=self.load_seconds, batch_size=self.settings.batch_size)
         return True
 
     def _take_work(self) -> bool:
@@ -178,10 +178,16 @@ class Engine:
             if job.reset_history:
                 self._conversations.pop(job.session_id, None)
             if job.config.history:
-                response.conversation = self._conversations.setdefault(job.session_id, Conversation())
-            if self._batch is not None:
-                self._join_batch(response)
+                response.conversation = self._conversations.setdefault(
+                    job.session_id, Conversation(self.settings.context_tokens))
+            if self._batch is not None and self._batch.accepts(job.config, response.conversation):
+                uid = self._batch.add(job.prompt, job.context, images, job.max_tokens, job.config,
+                                      response.conversation)
+                job.emit(ResponseStarted(job.request_id, job.input_type))
+                self._running[uid] = response
             else:
+                log.debug("serving_alone", session=job.session_id, request=job.request_id,
+                          reason="a conversation" if response.conversation else "sampling differs from the batch's")
                 self._generate_alone(response, images)
         except ClientError as exc:
             self._finish(job, ErrorReport(exc.code, exc.message, job.request_id, job.input_type))
@@ -202,18 +208,6 @@ class Engine:
         return [decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                              max_side=settings.image_max_side)]
 
-    def _join_batch(self, response: _Response) -> None:
-        assert isinstance(self.model, TextModel) and self._batch is not None
-        job, conversation = response.job, response.conversation
-        turns = conversation.turns if conversation else []
-        ids = self.model.prompt_ids(job.prompt, job.context, turns)
-        while conversation and len(ids) > self.settings.context_tokens and conversation.drop_oldest_turn():
-            ids = self.model.prompt_ids(job.prompt, job.context, conversation.turns)
-        cache, cached_tokens = conversation.reuse(ids) if conversation else (None, 0)
-        job.emit(ResponseStarted(job.request_id, job.input_type))
-        uid = self._batch.add(ids, job.max_tokens, job.config, cache, cached_tokens)
-        self._running[uid] = response
-
     def _step(self) -> None:
         assert self._batch is not None
         for uid, response in list(self._running.items()):
@@ -223,6 +217,7 @@ class Engine:
                 self._finish(response.job, response.completed("cancelled"))
         if not self._running:
             return
+        self.metrics.batch_size.observe(len(self._running))
         try:
             results = self._batch.step()
         except Exception as exc:
@@ -234,25 +229,20 @@ class Engine:
             self._batch = self.model.batch(self.settings.batch_size)  # type: ignore[union-attr]
             return
         now = time.monotonic()
-        for uid, chunk, cache, tokens in results:
-            response = self._running.get(uid)
-            if response is None:
-                continue
+        for uid, chunk in results:
+            response = self._running[uid]
             response.add(chunk, now)
-            if chunk.finish_reason is None:
-                continue
-            del self._running[uid]
-            if response.conversation is not None:
-                response.conversation.record(user_turn(response.job.prompt, 0), "".join(response.parts),
-                                             len(tokens), cache=cache, tokens=tokens)
-            self._finish(response.job, response.completed(chunk.finish_reason))
+            if chunk.finish_reason is not None:
+                del self._running[uid]
+                self._finish(response.job, response.completed(chunk.finish_reason))
 
     def _generate_alone(self, response: _Response, images: list[Image.Image]) -> None:
         assert isinstance(self.model, VisionModel)
-        job, conversation = response.job, response.conversation
+        job = response.job
         job.emit(ResponseStarted(job.request_id, job.input_type))
         finish_reason = "length"
-        chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config, conversation)
+        chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config,
+                                     response.conversation)
         try:
             for chunk in chunks:
                 if job.cancelled:
@@ -262,13 +252,4 @@ class Engine:
                 finish_reason = chunk.finish_reason or finish_reason
         finally:
             chunks.close()
-        if conversation is not None:
-            if finish_reason == "cancelled":
-                conversation.vision_state = None  # generation stopped before the cache state was brought up to date
-            else:
-                last = response.last or Chunk("", None, 0, 0)
-                conversation.record(user_turn(job.prompt, len(images)), "".join(response.parts),
-                                    last.prompt_tokens + last.completion_tokens, images)
-                while conversation.tokens > self.settings.context_tokens and conversation.drop_oldest_turn():
-                    pass
         self._finish(job, response.completed(finish_reason))

@@ -64,6 +64,8 @@ class Metrics:
                                              buckets=LATENCY_BUCKETS, registry=registry)
         self.inference = Histogram("mlxd_inference_seconds", "From inference start to the last token",
                                    buckets=INFERENCE_BUCKETS, registry=registry)
+        self.batch_size = Histogram("mlxd_batch_size", "Requests decoded together in one engine step",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
         self.model_info = Gauge("mlxd_model_info", "The model served", ["model", "modalities"],
                                 registry=registry)
         self.model_loaded = Gauge("mlxd_model_loaded", "1 once the model is loaded", registry=registry)

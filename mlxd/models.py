@@ -12,12 +12,15 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
 from mlxd.conversation import Conversation
 from mlxd.generation import GenerationConfig
+
+if TYPE_CHECKING:
+    from mlxd.batching import TextBatch, VisionBatch
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def _with_preamble(user: dict[str, Any], context: str) -> dict[str, Any]:
     return {**user, "content": [{"type": "text", "text": context}, *content]}
 
 
-def _sampling(config: GenerationConfig) -> dict[str, Any]:
+def sampling(config: GenerationConfig) -> dict[str, Any]:
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     return {
@@ -92,6 +95,8 @@ class TextModel:
                                                       add_generation_prompt=True)
 
     def batch(self, capacity: int) -> TextBatch:
+        from mlxd.batching import TextBatch
+
         return TextBatch(self, capacity)
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
@@ -100,71 +105,9 @@ class TextModel:
 
         ids = self.prompt_ids(prompt, context)
         for response in mlx_lm.stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens,
-                                               **_sampling(config)):
+                                               **sampling(config)):
             yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
                         _completion_tokens(response.generation_tokens, response.finish_reason))
-
-
-@dataclass
-class _Stream:
-    detokenizer: Any
-    prompt_tokens: int
-    cached_tokens: int
-    tokens: list[int]
-    generated: int = 0
-
-
-class TextBatch:
-    """Continuous batching for a text model (mlx-lm's BatchGenerator): requests join and leave between steps.
-
-    Each request brings its own sampler and logits processors, and optionally a KV cache that already holds
-    a prefix of its prompt (a conversation's earlier turns): only the rest is prefilled.
-    """
-
-    def __init__(self, model: TextModel, capacity: int) -> None:
-        from mlx_lm.generate import BatchGenerator
-
-        self.capacity = capacity
-        self._tokenizer = model.tokenizer
-        self._generator = BatchGenerator(model.model, stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
-                                         completion_batch_size=capacity, prefill_batch_size=capacity)
-        self._streams: dict[int, _Stream] = {}
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
-    def add(self, ids: list[int], max_tokens: int, config: GenerationConfig, cache: list[Any] | None = None,
-            cached_tokens: int = 0) -> int:
-        """Queue a prompt (`ids`, of which the first `cached_tokens` are already in `cache`); returns its uid."""
-        sampling = _sampling(config)
-        [uid] = self._generator.insert([ids[cached_tokens:]], max_tokens=[max_tokens],
-                                       caches=None if cache is None else [cache],
-                                       samplers=[sampling["sampler"]],
-                                       logits_processors=[sampling["logits_processors"]])
-        self._streams[uid] = _Stream(self._tokenizer.detokenizer, len(ids), cached_tokens, list(ids))
-        return uid
-
-    def step(self) -> list[tuple[int, Chunk, list[Any] | None, list[int]]]:
-        """One decode step for every request: (uid, chunk, and once finished its cache and all its tokens)."""
-        _, responses = self._generator.next()
-        results = []
-        for response in responses:
-            stream = self._streams[response.uid]
-            stream.tokens.append(response.token)
-            if response.finish_reason != "stop":
-                stream.detokenizer.add_token(response.token)
-                stream.generated += 1
-            if response.finish_reason is not None:
-                stream.detokenizer.finalize()
-                del self._streams[response.uid]
-            chunk = Chunk(stream.detokenizer.last_segment, response.finish_reason, stream.prompt_tokens,
-                          stream.generated, stream.cached_tokens)
-            results.append((response.uid, chunk, response.prompt_cache, stream.tokens))
-        return results
-
-    def remove(self, uid: int) -> None:
-        self._generator.remove([uid])
-        self._streams.pop(uid, None)
 
 
 def user_turn(prompt: str, num_images: int) -> dict[str, Any]:
@@ -183,34 +126,76 @@ class VisionModel:
 
         self.name = name
         self.model, self.processor = mlx_vlm.load(str(path))
+        eos = self.model.config.eos_token_id
+        self.stop_tokens = set(eos if isinstance(eos, list) else [eos])
 
     def prompt_text(self, messages: list[dict[str, Any]], num_images: int) -> str:
         from mlx_vlm import apply_chat_template
 
         return apply_chat_template(self.processor, self.model.config, messages, num_images=num_images)
 
-    def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-                 config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:
-        """Generate; with a conversation, earlier turns and images come first and its cache is reused."""
-        import mlx_vlm
-        from mlx_vlm.generate import PromptCacheState
-
+    def _prompt(self, prompt: str, context: str | None, images: list[Image.Image],
+                conversation: Conversation | None) -> tuple[str, list[Image.Image]]:
+        """The templated prompt of the whole conversation, and all its images in order."""
         turns, earlier_images = (conversation.turns, conversation.images) if conversation else ([], [])
         all_images = [*earlier_images, *images]
         question = user_turn(prompt, len(images))
         try:
-            text = self.prompt_text(_messages(question, context, True, turns), len(all_images))
+            return self.prompt_text(_messages(question, context, True, turns), len(all_images)), all_images
         except Exception:  # templates that refuse a system turn take the context as a preamble
-            text = self.prompt_text(_messages(question, context, False, turns), len(all_images))
+            return self.prompt_text(_messages(question, context, False, turns), len(all_images)), all_images
+
+    def embed(self, prompt: str, context: str | None, images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
+        """Prompt ids and input embeddings (image features merged in), as mlx-vlm's BatchGenerator takes them."""
+        from mlx_vlm.generate.dispatch import should_add_special_tokens
+        from mlx_vlm.utils import prepare_inputs
+
+        text, _ = self._prompt(prompt, context, images, None)
+        config = self.model.config
+        inputs = prepare_inputs(self.processor, images=images or None, prompts=text,
+                                image_token_index=getattr(config, "image_token_index", None),
+                                add_special_tokens=should_add_special_tokens(config.model_type, self.processor))
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+        embeddings = self.model.get_input_embeddings(inputs["input_ids"], inputs.get("pixel_values"),
+                                                     mask=inputs.get("attention_mask"), **extra)
+        kwargs = {**extra, **{k: v for k, v in embeddings.to_dict().items() if v is not None}}
+        return inputs["input_ids"].squeeze(0).tolist(), kwargs
+
+    def batch(self, capacity: int) -> VisionBatch:
+        from mlxd.batching import VisionBatch
+
+        return VisionBatch(self, capacity)
+
+    def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
+                 config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:
+        """Generate alone; with a conversation, earlier turns and images come first, its cache is reused, and
+        the finished turn is recorded (a turn stopped early leaves the cache state stale: it is dropped)."""
+        import mlx_vlm
+        from mlx_vlm.generate import PromptCacheState
+
+        text, all_images = self._prompt(prompt, context, images, conversation)
         state = None
         if conversation is not None:
             state = conversation.vision_state = conversation.vision_state or PromptCacheState()
-        for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=all_images or None,
-                                                max_tokens=max_tokens, prompt_cache_state=state,
-                                                **_sampling(config)):
-            yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
-                        _completion_tokens(response.generation_tokens, response.finish_reason),
-                        response.cached_tokens)
+        parts: list[str] = []
+        finished = None
+        try:
+            for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=all_images or None,
+                                                    max_tokens=max_tokens, prompt_cache_state=state,
+                                                    **sampling(config)):
+                chunk = Chunk(response.text, response.finish_reason, response.prompt_tokens,
+                              _completion_tokens(response.generation_tokens, response.finish_reason),
+                              response.cached_tokens)
+                parts.append(chunk.text)
+                finished = chunk if chunk.finish_reason else None
+                yield chunk
+        finally:
+            if conversation is not None:
+                if finished is None:
+                    conversation.vision_state = None
+                else:
+                    conversation.record(user_turn(prompt, len(images)), "".join(parts),
+                                        finished.prompt_tokens + finished.completion_tokens, images)
 
 
 def local_path(name: str) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,3 +140,18 @@ def encoded_image(width: int = 64, height: int = 48, fmt: str = "JPEG", color=(2
 def image_b64(width: int = 64, height: int = 48, fmt: str = "JPEG", data_uri: bool = True) -> str:
     payload = base64.b64encode(encoded_image(width, height, fmt)).decode()
     return f"data:image/{fmt.lower()};base64,{payload}" if data_uri else payload
+
+
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    response = httpx.get(f"{server.http}/metrics", timeout=5)
+    assert response.status_code == 200
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before, after, name: str, **labels) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import threading
 
-from tests.helpers import receive, receive_until, run_request, send, terminal_for
+from tests.helpers import delta, receive, receive_until, run_request, scrape, send, terminal_for
 
 
-def greedy_answer(server, prompt: str, tokens: int) -> str:
+def batched_steps(before, after) -> float:
+    """Engine steps in which more than one request was decoded."""
+    return (delta(before, after, "mlxd_batch_size_count")
+            - delta(before, after, "mlxd_batch_size_bucket", le="1.0"))
+
+
+def greedy_answer(server, prompt: str, tokens: int, ready: threading.Barrier | None = None) -> str:
     with server.connect() as ws:
         send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": tokens})
         receive(ws)
+        if ready is not None:
+            ready.wait(timeout=30)
         return run_request(ws, {"type": "text_input", "content": prompt, "id": "solo"})[-1]["full_text"]
 
 
 def test_concurrent_sessions_get_the_answers_they_would_get_alone(text_server):
     prompts = ["Tell me a story", "What is in the picture?", "Hello, how are you?", "Numbers 1 2 3"]
     alone = [greedy_answer(text_server, prompt, 40) for prompt in prompts]
+    before = scrape(text_server)
     together: list[str | None] = [None] * len(prompts)
+    ready = threading.Barrier(len(prompts))
 
     def client(index: int) -> None:
-        together[index] = greedy_answer(text_server, prompts[index], 40)
+        together[index] = greedy_answer(text_server, prompts[index], 40, ready)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
     for thread in threads:
@@ -28,6 +38,7 @@ def test_concurrent_sessions_get_the_answers_they_would_get_alone(text_server):
     for thread in threads:
         thread.join(timeout=60)
     assert together == alone
+    assert batched_steps(before, scrape(text_server)) > 0
 
 
 def test_sampling_settings_are_per_request_inside_one_batch(text_server):
@@ -60,3 +71,53 @@ def test_cancelling_one_request_leaves_the_others_undisturbed(text_server):
         done = receive_until(stayer, terminal_for("stay"))[-1]
     assert cancelled["finish_reason"] == "cancelled"
     assert done["finish_reason"] == "length" and done["full_text"] == expected
+
+
+def test_vision_requests_batch_together_and_answer_as_alone(vision_server):
+    from tests.helpers import image_b64
+
+    images = [image_b64(64, 48, "PNG"), image_b64(120, 90, "JPEG"), image_b64(30, 30, "WEBP")]
+
+    def answer(index: int, temperature: float = 0, ready: threading.Barrier | None = None) -> str:
+        with vision_server.connect() as ws:
+            send(ws, {"type": "config", "temperature": temperature, "max_tokens_image": 30})
+            receive(ws)
+            if ready is not None:
+                ready.wait(timeout=30)
+            done = run_request(ws, {"type": "image_input", "image": images[index], "id": f"i{index}"})[-1]
+            assert done["type"] == "response_complete", done
+            return done["full_text"]
+
+    alone = [answer(i) for i in range(len(images))]
+    before = scrape(vision_server)
+    together: list[str | None] = [None] * len(images)
+    ready = threading.Barrier(len(images))
+
+    def client(index: int) -> None:
+        together[index] = answer(index, 0, ready)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert together == alone
+    assert batched_steps(before, scrape(vision_server)) > 0
+
+
+def test_a_vision_request_with_other_sampling_is_served_alone_beside_the_batch(vision_server):
+    from tests.helpers import image_b64
+
+    image = image_b64(64, 48, "PNG")
+    with vision_server.connect() as batched, vision_server.connect() as other:
+        send(batched, {"type": "config", "temperature": 0, "max_tokens_image": 40})
+        receive(batched)
+        expected = run_request(batched, {"type": "image_input", "image": image, "id": "alone"})[-1]["full_text"]
+        send(other, {"type": "config", "temperature": 1.5, "max_tokens_image": 40})
+        receive(other)
+        send(batched, {"type": "image_input", "image": image, "id": "b"})
+        receive_until(batched, lambda m: m["type"] == "token")
+        hot = run_request(other, {"type": "image_input", "image": image, "id": "hot"})[-1]
+        done = receive_until(batched, terminal_for("b"))[-1]
+    assert hot["type"] == "response_complete" and hot["finish_reason"] in ("stop", "length")
+    assert done["full_text"] == expected

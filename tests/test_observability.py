@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import time
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.helpers import TERMINAL_TYPES, image_b64, receive, receive_until, run_request, send, terminal_for
-
-
-def scrape(server) -> dict[tuple[str, frozenset], float]:
-    response = httpx.get(f"{server.http}/metrics", timeout=5)
-    assert response.status_code == 200
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text) for sample in family.samples}
-
-
-def value(samples, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before, after, name: str, **labels) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+from tests.helpers import (
+    TERMINAL_TYPES,
+    delta,
+    image_b64,
+    receive,
+    receive_until,
+    run_request,
+    scrape,
+    send,
+    terminal_for,
+    value,
+)
 
 
 def test_metrics_count_exactly_what_happened(start_server, tiny_vision_model):

@@ -12,7 +12,7 @@ def test_requests_sent_while_loading_wait_and_are_served(start_server, tiny_visi
     health = server.wait_listening()
     assert health["state"] in ("loading", "ready")
     with server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 4})
+        send(ws, {"type": "config", "maxOutputTokens": 4, "temperature": 0})
         assert receive(ws)["type"] == "config_updated"
         done = run_request(ws, {"type": "text_input", "content": "early bird", "id": "early"}, timeout=60)[-1]
     assert done["type"] == "response_complete" and done["usage"]["completion_tokens"] == 4

@@ -80,7 +80,7 @@ def test_one_json_log_line_per_request_without_content(start_server, tiny_text_m
     secret = "my secret prompt about the zebra"
     server = start_server(tiny_text_model)
     with server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 7})
+        send(ws, {"type": "config", "maxOutputTokens": 7, "temperature": 0})
         receive(ws)
         done = run_request(ws, {"type": "text_input", "content": secret, "context": "hidden context", "id": "q"})[-1]
         ws.send("{not json")

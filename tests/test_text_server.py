@@ -31,6 +31,8 @@ def test_healthz_and_readyz_say_ready_and_which_model(text_server, tiny_text_mod
 @pytest.mark.parametrize("path", ["/", "/ws"])
 def test_text_streams_tokens_and_completes(text_server, path):
     with text_server.connect(path) as ws:
+        send(ws, {"type": "config", "temperature": 0})
+        receive(ws)
         messages = run_request(ws, {"type": "text_input", "content": "Hello there", "id": "q1"})
     start, *tokens, done = messages
     assert start["type"] == "response_start" and start["input_type"] == "text" and start["id"] == "q1"
@@ -45,7 +47,7 @@ def test_text_streams_tokens_and_completes(text_server, path):
 
 def test_messages_without_id_work_as_in_the_original_protocol(text_server):
     with text_server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 3})
+        send(ws, {"type": "config", "maxOutputTokens": 3, "temperature": 0})
         assert receive(ws)["type"] == "config_updated"
         messages = run_request(ws, {"type": "text_input", "content": "Hi"})
     assert messages[0]["type"] == "response_start"
@@ -95,8 +97,9 @@ def test_config_updates_atomically_and_only_this_session(text_server):
         assert receive(ws)["current_config"]["temperature"] == 0.3, "the refused update changed nothing"
         assert run_request(ws, {"type": "text_input", "content": "x", "id": "mine"})[-1]["usage"][
             "completion_tokens"] == 5
-        theirs = run_request(other, {"type": "text_input", "content": "x", "id": "theirs"})[-1]
-        assert theirs["usage"]["completion_tokens"] == 200, "another session keeps the server's defaults"
+        send(other, {"type": "config"})
+        theirs = receive(other)["current_config"]
+        assert (theirs["temperature"], theirs["maxOutputTokens"]) == (0.7, 200), "another session keeps the defaults"
 
 
 def test_status_reports_model_queues_and_sessions(text_server):
@@ -178,7 +181,7 @@ def test_cancel_without_id_cancels_the_running_request_and_waiting_ones_by_id(te
 def test_the_backlog_is_bounded_with_queue_full(start_server, tiny_text_model):
     server = start_server(tiny_text_model, "--max-pending", "2")
     with server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 300})
+        send(ws, {"type": "config", "maxOutputTokens": 300, "temperature": 0})
         receive(ws)
         for i in range(6):
             send(ws, {"type": "text_input", "content": "hi", "id": f"q{i}"})

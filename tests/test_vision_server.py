@@ -28,19 +28,23 @@ def test_healthz_reports_vision_modalities(vision_server):
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_image_input_is_answered(vision_server, fmt):
     with vision_server.connect() as ws:
+        send(ws, {"type": "config", "temperature": 0})
+        receive(ws)
         messages = run_request(ws, {"type": "image_input", "image": image_b64(640, 480, fmt),
                                     "prompt": "What is this?", "source": "screenshot", "id": "img"})
     start, done = messages[0], messages[-1]
     assert (start["type"], start["input_type"]) == ("response_start", "image")
     assert done["type"] == "response_complete" and done["input_type"] == "image"
     assert done["full_text"] == tokens_text(messages, "img")
-    assert done["usage"]["completion_tokens"] == 100, "max_tokens_image applies to images"
+    usage = done["usage"]
+    assert usage["completion_tokens"] == 100 or (done["finish_reason"], usage["completion_tokens"] < 100) == (
+        "stop", True), "max_tokens_image applies to images"
     assert done["usage"]["prompt_tokens"] > 4, "the prompt holds the image's soft tokens"
 
 
 def test_plain_base64_without_data_uri(vision_server):
     with vision_server.connect() as ws:
-        send(ws, {"type": "config", "max_tokens_image": 3})
+        send(ws, {"type": "config", "max_tokens_image": 3, "temperature": 0})
         receive(ws)
         done = run_request(ws, {"type": "image_input", "image": image_b64(data_uri=False), "id": "raw"})[-1]
     assert done["type"] == "response_complete" and done["usage"]["completion_tokens"] == 3

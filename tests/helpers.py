@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -155,3 +156,29 @@ def value(samples, name: str, **labels) -> float:
 
 def delta(before, after, name: str, **labels) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
+
+
+def start_long_answer(ws: ClientConnection, request_id: str) -> None:
+    """Ask for an answer far longer than any test waits for (greedy, so it never ends early), and wait until
+    it is streaming."""
+    send(ws, {"type": "config", "maxOutputTokens": 8000, "temperature": 0})
+    receive(ws)
+    send(ws, {"type": "text_input", "content": "Tell me everything.", "id": request_id})
+    receive_until(ws, lambda m: m["type"] == "token")
+
+
+def run_concurrently(function, count: int, timeout: float = 60) -> list:
+    """`function(index, ready)` in `count` threads; each calls `ready.wait()` when set to go, so that all
+    start their work at the same moment. Returns the results in index order."""
+    results: list = [None] * count
+    ready = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        results[index] = function(index, ready)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return results

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import threading
 
-from tests.helpers import delta, receive, receive_until, run_request, scrape, send, terminal_for
+from tests.helpers import (
+    delta,
+    image_b64,
+    receive,
+    receive_until,
+    run_concurrently,
+    run_request,
+    scrape,
+    send,
+    start_long_answer,
+    terminal_for,
+)
 
 
 def batched_steps(before, after) -> float:
@@ -26,17 +37,7 @@ def test_concurrent_sessions_get_the_answers_they_would_get_alone(text_server):
     prompts = ["Tell me a story", "What is in the picture?", "Hello, how are you?", "Numbers 1 2 3"]
     alone = [greedy_answer(text_server, prompt, 40) for prompt in prompts]
     before = scrape(text_server)
-    together: list[str | None] = [None] * len(prompts)
-    ready = threading.Barrier(len(prompts))
-
-    def client(index: int) -> None:
-        together[index] = greedy_answer(text_server, prompts[index], 40, ready)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    together = run_concurrently(lambda i, ready: greedy_answer(text_server, prompts[i], 40, ready), len(prompts))
     assert together == alone
     assert batched_steps(before, scrape(text_server)) > 0
 
@@ -58,10 +59,7 @@ def test_sampling_settings_are_per_request_inside_one_batch(text_server):
 def test_cancelling_one_request_leaves_the_others_undisturbed(text_server):
     expected = greedy_answer(text_server, "Hello, how are you?", 200)
     with text_server.connect() as quitter, text_server.connect() as stayer:
-        send(quitter, {"type": "config", "temperature": 0, "maxOutputTokens": 8000})
-        receive(quitter)
-        send(quitter, {"type": "text_input", "content": "Tell me a story", "id": "long"})
-        receive_until(quitter, lambda m: m["type"] == "token")
+        start_long_answer(quitter, "long")
         send(stayer, {"type": "config", "temperature": 0, "maxOutputTokens": 200})
         receive(stayer)
         send(stayer, {"type": "text_input", "content": "Hello, how are you?", "id": "stay"})
@@ -74,8 +72,6 @@ def test_cancelling_one_request_leaves_the_others_undisturbed(text_server):
 
 
 def test_vision_requests_batch_together_and_answer_as_alone(vision_server):
-    from tests.helpers import image_b64
-
     images = [image_b64(64, 48, "PNG"), image_b64(120, 90, "JPEG"), image_b64(30, 30, "WEBP")]
 
     def answer(index: int, temperature: float = 0, ready: threading.Barrier | None = None) -> str:
@@ -90,24 +86,12 @@ def test_vision_requests_batch_together_and_answer_as_alone(vision_server):
 
     alone = [answer(i) for i in range(len(images))]
     before = scrape(vision_server)
-    together: list[str | None] = [None] * len(images)
-    ready = threading.Barrier(len(images))
-
-    def client(index: int) -> None:
-        together[index] = answer(index, 0, ready)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    together = run_concurrently(lambda i, ready: answer(i, 0, ready), len(images))
     assert together == alone
     assert batched_steps(before, scrape(vision_server)) > 0
 
 
 def test_a_vision_request_with_other_sampling_is_served_alone_beside_the_batch(vision_server):
-    from tests.helpers import image_b64
-
     image = image_b64(64, 48, "PNG")
     with vision_server.connect() as batched, vision_server.connect() as other:
         send(batched, {"type": "config", "temperature": 0, "max_tokens_image": 40})

@@ -7,17 +7,14 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import receive, receive_until, send, terminal_for
+from tests.helpers import receive, receive_until, send, start_long_answer, terminal_for
 
 
 def test_sigterm_cancels_in_flight_work_closes_with_1001_and_exits_cleanly(start_server, tiny_text_model):
     server = start_server(tiny_text_model)
     with server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 8000, "temperature": 0})
-        receive(ws)
-        send(ws, {"type": "text_input", "content": "long", "id": "running"})
+        start_long_answer(ws, "running")
         send(ws, {"type": "text_input", "content": "next", "id": "waiting"})
-        receive_until(ws, lambda m: m["type"] == "token")
         stopped_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         messages = receive_until(ws, terminal_for("running"), timeout=10)

@@ -14,6 +14,7 @@ from tests.helpers import (
     receive_until,
     run_request,
     send,
+    start_long_answer,
     terminal_for,
     tokens_text,
 )
@@ -148,10 +149,7 @@ def test_a_text_only_model_refuses_images_and_frames(text_server, kind, field):
 
 def test_cancel_a_running_request_returns_the_text_so_far(text_server):
     with text_server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 8000, "temperature": 0})
-        receive(ws)
-        send(ws, {"type": "text_input", "content": "go on forever", "id": "long"})
-        receive_until(ws, lambda m: m["type"] == "token")
+        start_long_answer(ws, "long")
         send(ws, {"type": "cancel", "id": "long"})
         messages = receive_until(ws, terminal_for("long"))
     done = messages[-1]
@@ -198,10 +196,7 @@ def test_the_backlog_is_bounded_with_queue_full(start_server, tiny_text_model):
 
 def test_a_disconnect_mid_generation_frees_the_engine(text_server):
     with text_server.connect() as ws:
-        send(ws, {"type": "config", "maxOutputTokens": 8000, "temperature": 0})
-        receive(ws)
-        send(ws, {"type": "text_input", "content": "a very long answer", "id": "abandoned"})
-        receive_until(ws, lambda m: m["type"] == "token")
+        start_long_answer(ws, "abandoned")
     started = time.monotonic()
     with text_server.connect() as next_client:
         send(next_client, {"type": "config", "maxOutputTokens": 5})

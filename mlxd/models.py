@@ -1,18 +1,19 @@
 """Model loading and generation: the only module that calls mlx-lm and mlx-vlm.
 
 Vision-language models (a `vision_config` in config.json) load with mlx_vlm, text-only ones with mlx_lm.
-Both are driven through one small interface, `generate`, which yields `Chunk`s ending with exactly one
-whose `finish_reason` is set. Every call here must run on the engine's thread: MLX streams are
+Both offer `generate`, one request alone, which yields `Chunk`s ending with exactly one whose
+`finish_reason` is set, and `batch`, continuous batching across requests (mlxd/batching.py). Prompts are
+built with the model's chat template. Every call here must run on the engine's thread: MLX streams are
 thread-local.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from PIL import Image
 
@@ -21,6 +22,8 @@ from mlxd.generation import GenerationConfig
 
 if TYPE_CHECKING:
     from mlxd.batching import TextBatch, VisionBatch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class LoadedModel(Protocol):
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
                  config: GenerationConfig) -> Iterator[Chunk]: ...
 
+    def batch(self, capacity: int) -> TextBatch | VisionBatch: ...
+
 
 def _messages(question: str | dict[str, Any], context: str | None, system_role: bool,
               turns: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -56,6 +61,18 @@ def _with_preamble(user: dict[str, Any], context: str) -> dict[str, Any]:
     if isinstance(content, str):
         return {**user, "content": f"{context}\n\n{content}"}
     return {**user, "content": [{"type": "text", "text": context}, *content]}
+
+
+def _render(apply_template: Callable[[list[dict[str, Any]]], T], question: str | dict[str, Any],
+            context: str | None, turns: Sequence[dict[str, Any]]) -> T:
+    """The chat template applied with the context as a system turn, or as a preamble where the template
+    refuses a system turn."""
+    try:
+        return apply_template(_messages(question, context, True, turns))
+    except Exception:
+        if context is None:
+            raise
+        return apply_template(_messages(question, context, False, turns))
 
 
 def sampling(config: GenerationConfig) -> dict[str, Any]:
@@ -87,12 +104,8 @@ class TextModel:
             lines = [context] if context is not None else []
             lines += [turn["content"] for turn in turns] + [prompt]
             return self.tokenizer.encode("\n\n".join(lines))
-        try:
-            return self.tokenizer.apply_chat_template(_messages(prompt, context, True, turns),
-                                                      add_generation_prompt=True)
-        except Exception:  # templates that refuse a system turn take the context as a preamble
-            return self.tokenizer.apply_chat_template(_messages(prompt, context, False, turns),
-                                                      add_generation_prompt=True)
+        return _render(lambda messages: self.tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+                       prompt, context, turns)
 
     def batch(self, capacity: int) -> TextBatch:
         from mlxd.batching import TextBatch
@@ -140,10 +153,8 @@ class VisionModel:
         turns, earlier_images = (conversation.turns, conversation.images) if conversation else ([], [])
         all_images = [*earlier_images, *images]
         question = user_turn(prompt, len(images))
-        try:
-            return self.prompt_text(_messages(question, context, True, turns), len(all_images)), all_images
-        except Exception:  # templates that refuse a system turn take the context as a preamble
-            return self.prompt_text(_messages(question, context, False, turns), len(all_images)), all_images
+        return _render(lambda messages: self.prompt_text(messages, len(all_images)), question, context,
+                       turns), all_images
 
     def embed(self, prompt: str, context: str | None, images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
         """Prompt ids and input embeddings (image features merged in), as mlx-vlm's BatchGenerator takes them."""

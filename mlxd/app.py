@@ -2,6 +2,8 @@
 
 The engine starts with the application and loads the model in the background, so the server listens at
 once: sessions opened while the model loads queue their work and are served when it is ready.
+Handshakes are checked (origin, token) before any message is read. /healthz and /readyz stay
+open for service managers' probes and carry no secrets; /metrics needs the token when one is set.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from mlxd import __version__
+from mlxd.access import Access, token_subprotocol
 from mlxd.connection import Connection
 from mlxd.engine import READY, Engine
 from mlxd.metrics import Metrics
@@ -33,8 +36,9 @@ log = structlog.get_logger("mlxd.app")
 class Server:
     """Everything one running server shares: settings, engine, queue, metrics and open connections."""
 
-    def __init__(self, settings: Settings, choice: ModelChoice) -> None:
+    def __init__(self, settings: Settings, choice: ModelChoice, token: str | None = None) -> None:
         self.settings = settings
+        self.access = Access(settings, token)
         self.metrics = Metrics()
         self.queue = WorkQueue(settings.max_pending)
         self.engine = Engine(choice, settings, self.metrics, self.queue)
@@ -45,15 +49,23 @@ class Server:
         return {**self.engine.status(), "sessions": len(self.connections)}
 
     async def websocket(self, websocket: WebSocket) -> None:
-        await websocket.accept()
-        self.metrics.connections.inc()
+        denial = self.access.websocket_denial(websocket)
+        if denial is not None:
+            self.metrics.refused.labels(reason=denial.reason).inc()
+            log.info("connection_refused", reason=denial.reason, client=str(websocket.client),
+                     origin=websocket.headers.get("origin"))
+            await websocket.send_denial_response(denial.response())
+            return
+        subprotocol = token_subprotocol(websocket)
         session = Session(self.settings, self.queue, self.metrics, self.status,
                           Outbox(asyncio.get_running_loop()))
         connection = Connection(websocket, session)
         self.connections.add(connection)
-        self.metrics.active_sessions.set(len(self.connections))
-        log.info("connection_opened", session=session.id, client=str(websocket.client))
         try:
+            await websocket.accept(subprotocol)
+            self.metrics.connections.inc()
+            self.metrics.active_sessions.set(len(self.connections))
+            log.info("connection_opened", session=session.id, client=str(websocket.client))
             await connection.run()
         finally:
             self.connections.discard(connection)
@@ -79,6 +91,9 @@ class Server:
         return JSONResponse(status, status_code=200 if status["state"] == READY else 503)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        denial = self.access.token_denial(request)
+        if denial is not None:
+            return denial.response()
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @contextlib.asynccontextmanager

@@ -44,6 +44,8 @@ class Metrics:
         self.queue_depth = Gauge("mlxd_queue_depth", "Work waiting for the engine", ["kind"], registry=registry)
         self.active_sessions = Gauge("mlxd_active_sessions", "Open WebSocket sessions", registry=registry)
         self.connections = Counter("mlxd_connections", "WebSocket connections accepted", registry=registry)
+        self.refused = Counter("mlxd_connections_refused", "WebSocket handshakes refused (origin, unauthorized, "
+                               "forbidden, capacity)", ["reason"], registry=registry)
         self.frames_received = Counter("mlxd_frames_received", "Video and screen frames received",
                                        registry=registry)
         self.frames_dropped = Counter("mlxd_frames_dropped", "Frames dropped before inference", ["reason"],

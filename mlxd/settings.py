@@ -7,7 +7,7 @@ options and forward them to the service it writes.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -29,11 +29,17 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_text_chars: int = 32_000
     max_pending: int = 16
+    allow_origins: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    insecure: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names})
 
 
 def positive_int(text: str) -> int:
@@ -72,3 +78,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest text, prompt or context accepted (default: %(default)s)")
     parser.add_argument("--max-pending", type=positive_int, default=d.max_pending,
                         help="text and image requests one session may have waiting (default: %(default)s)")
+    _add_access_arguments(parser, d)
+
+
+def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--allow-origin", dest="allow_origins", action="append", default=list(d.allow_origins),
+                        metavar="ORIGIN", help="also accept WebSocket connections from this browser origin, e.g. "
+                        "https://example.com (repeatable; '*' accepts any). Loopback origins are always accepted")
+    parser.add_argument("--token", default=d.token,
+                        help="require this token from clients (prefer --token-file or MLXD_TOKEN: a command line "
+                        "is visible to other local users)")
+    parser.add_argument("--token-file", default=d.token_file,
+                        help="read the required token from this file, which must be mode 0600")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without a token")
+    parser.add_argument("--tls-cert", default=d.tls_cert, help="certificate (PEM) to serve wss:// and https://")
+    parser.add_argument("--tls-key", default=d.tls_key, help="private key (PEM) of --tls-cert")
+

@@ -68,8 +68,8 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server did not reach {state!r}: {health}")
 
-    def connect(self, path: str = "/") -> ClientConnection:
-        return connect(self.ws_url(path), open_timeout=10, max_size=None)
+    def connect(self, path: str = "/", **options) -> ClientConnection:
+        return connect(self.ws_url(path), open_timeout=10, max_size=None, **options)
 
     def log_lines(self) -> list[dict]:
         lines = []

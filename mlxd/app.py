@@ -2,7 +2,7 @@
 
 The engine starts with the application and loads the model in the background, so the server listens at
 once: sessions opened while the model loads queue their work and are served when it is ready.
-Handshakes are checked (origin, token) before any message is read. /healthz and /readyz stay
+Handshakes are checked (origin, token, capacity) before any message is read. /healthz and /readyz stay
 open for service managers' probes and carry no secrets; /metrics needs the token when one is set.
 """
 
@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
 from mlxd.access import Access, token_subprotocol
@@ -31,6 +31,8 @@ from mlxd.session import Outbox, Session
 from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.app")
+
+TRY_AGAIN_LATER = 1013
 
 
 class Server:
@@ -57,10 +59,18 @@ class Server:
             await websocket.send_denial_response(denial.response())
             return
         subprotocol = token_subprotocol(websocket)
+        if len(self.connections) >= self.settings.max_connections:
+            self.metrics.refused.labels(reason="capacity").inc()
+            log.info("connection_refused", reason="capacity", client=str(websocket.client))
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):  # the client may be gone
+                await websocket.accept(subprotocol)
+                await websocket.close(TRY_AGAIN_LATER, f"too many connections (the limit is "
+                                                       f"{self.settings.max_connections}); try again later")
+            return
         session = Session(self.settings, self.queue, self.metrics, self.status,
-                          Outbox(asyncio.get_running_loop()))
+                          Outbox(asyncio.get_running_loop(), self.settings.max_backlog))
         connection = Connection(websocket, session)
-        self.connections.add(connection)
+        self.connections.add(connection)  # counted before the first await, so the limit holds under a rush
         try:
             await websocket.accept(subprotocol)
             self.metrics.connections.inc()

@@ -46,6 +46,8 @@ class Metrics:
         self.connections = Counter("mlxd_connections", "WebSocket connections accepted", registry=registry)
         self.refused = Counter("mlxd_connections_refused", "WebSocket handshakes refused (origin, unauthorized, "
                                "forbidden, capacity)", ["reason"], registry=registry)
+        self.disconnects = Counter("mlxd_disconnects", "Connections the server ended (idle, backlog, send_timeout, "
+                                   "internal)", ["reason"], registry=registry)
         self.frames_received = Counter("mlxd_frames_received", "Video and screen frames received",
                                        registry=registry)
         self.frames_dropped = Counter("mlxd_frames_dropped", "Frames dropped before inference", ["reason"],

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
+from websockets.uri import parse_uri
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL_TYPES = ("response_complete", "error", "frame_dropped")
@@ -80,6 +85,11 @@ class ServerProcess:
                 continue
         return lines
 
+    def unhandled_errors(self) -> list[dict]:
+        """Log lines of exceptions nobody handled: uvicorn's 'Exception in ASGI application' and the like."""
+        return [line for line in self.log_lines() if line.get("logger") == "uvicorn.error"
+                and line.get("level") in ("error", "critical")]
+
     def log_text(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -94,6 +104,59 @@ class ServerProcess:
                 self.process.wait(timeout=5)
         self._log.close()
         return self.process.returncode
+
+
+class RawClient:
+    """A WebSocket client on a bare socket: it reads only when asked (a client that stops reading), and it
+    can vanish with a TCP reset and no close frame (a crashed client or a pulled cable)."""
+
+    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket()
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"), max_size=None)
+        self.protocol.send_request(self.protocol.connect())
+        self.flush()
+        while self.protocol.state is State.CONNECTING:
+            self.protocol.receive_data(self.sock.recv(65536))
+        if self.protocol.state is not State.OPEN:
+            raise ConnectionError(f"handshake failed: {self.protocol.handshake_exc}")
+        self._frames = [event for event in self.protocol.events_received() if isinstance(event, Frame)]
+
+    def flush(self) -> None:
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def send(self, message: dict) -> None:
+        self.protocol.send_text(json.dumps(message).encode())
+        self.flush()
+
+    def receive(self, timeout: float = 30) -> dict:
+        """The next text message; pings are not answered, as a stuck client would not answer them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._frames:
+                frame = self._frames.pop(0)
+                if frame.opcode is Opcode.TEXT:
+                    return json.loads(frame.data)
+                if frame.opcode is Opcode.CLOSE:
+                    raise ConnectionError(f"closed by the server: {self.protocol.close_rcvd}")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"the server closed the socket; close frame {self.protocol.close_rcvd}")
+            self.protocol.receive_data(data)
+            self._frames += [event for event in self.protocol.events_received() if isinstance(event, Frame)]
+
+    def reset(self) -> None:
+        reset(self.sock)
+
+
+def reset(sock: socket.socket) -> None:
+    """Vanish: SO_LINGER 0 makes close() send a TCP reset instead of a close frame and a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def send(ws: ClientConnection, message: dict) -> None:

@@ -455,7 +455,8 @@ def test_only_non_default_serve_options_are_forwarded(tmp_path: Path,
     assert serve_options(parser.parse_args([])) == []
     assert serve_options(parser.parse_args(["--port", "8765", "--log-level", "info"])) == []
     given = ["--host", "0.0.0.0", "--max-pending", "3", "--log-content", "--log-format", "json", "--insecure",
-             "--allow-origin", "https://a.example", "--allow-origin", "https://b.example"]
+             "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--idle-timeout", "90.5",
+             "--max-messages-per-second", "12.5"]
     forwarded = serve_options(parser.parse_args(given))
     assert sorted(forwarded) == sorted(given)
     # What the service runs means the same settings as what install was given.

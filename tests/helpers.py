@@ -188,6 +188,17 @@ def run_request(ws: ClientConnection, message: dict, timeout: float = 30) -> lis
     return receive_until(ws, terminal_for(message.get("id")), timeout)
 
 
+def seconds_to_serve(server: ServerProcess) -> float:
+    """How long a new client waits for a short answer: the engine is free if this is short."""
+    started = time.monotonic()
+    with server.connect() as ws:
+        send(ws, {"type": "config", "maxOutputTokens": 5})
+        receive(ws)
+        done = run_request(ws, {"type": "text_input", "content": "my turn", "id": "next"})[-1]
+    assert done["type"] == "response_complete"
+    return time.monotonic() - started
+
+
 def tokens_text(messages: list[dict], request_id: str | None) -> str:
     return "".join(m["content"] for m in messages if m["type"] == "token" and m.get("id") == request_id)
 

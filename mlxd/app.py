@@ -24,6 +24,7 @@ from mlxd import __version__
 from mlxd.access import Access, token_subprotocol
 from mlxd.connection import Connection
 from mlxd.engine import READY, Engine
+from mlxd.loop_lag import watch_loop_lag
 from mlxd.metrics import Metrics
 from mlxd.model_choice import ModelChoice
 from mlxd.scheduler import WorkQueue
@@ -109,9 +110,11 @@ class Server:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
+        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
         try:
             yield
         finally:
+            lag_watcher.cancel()
             await asyncio.to_thread(self.engine.stop)
 
 

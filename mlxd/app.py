@@ -2,6 +2,8 @@
 
 The engine starts with the application and loads the model in the background, so the server listens at
 once: sessions opened while the model loads queue their work and are served when it is ready.
+Handshakes are checked (origin, token, capacity) before any message is read. /healthz and /readyz stay
+open for service managers' probes and carry no secrets; /metrics needs the token when one is set.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
+from mlxd.access import Access, token_subprotocol
 from mlxd.connection import Connection
 from mlxd.engine import READY, Engine
+from mlxd.loop_lag import watch_loop_lag
 from mlxd.metrics import Metrics
 from mlxd.model_choice import ModelChoice
 from mlxd.scheduler import WorkQueue
@@ -29,12 +33,15 @@ from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.app")
 
+TRY_AGAIN_LATER = 1013
+
 
 class Server:
     """Everything one running server shares: settings, engine, queue, metrics and open connections."""
 
-    def __init__(self, settings: Settings, choice: ModelChoice) -> None:
+    def __init__(self, settings: Settings, choice: ModelChoice, token: str | None = None) -> None:
         self.settings = settings
+        self.access = Access(settings, token)
         self.metrics = Metrics()
         self.queue = WorkQueue(settings.max_pending)
         self.engine = Engine(choice, settings, self.metrics, self.queue)
@@ -45,15 +52,31 @@ class Server:
         return {**self.engine.status(), "sessions": len(self.connections)}
 
     async def websocket(self, websocket: WebSocket) -> None:
-        await websocket.accept()
-        self.metrics.connections.inc()
+        denial = self.access.websocket_denial(websocket)
+        if denial is not None:
+            self.metrics.refused.labels(reason=denial.reason).inc()
+            log.info("connection_refused", reason=denial.reason, client=str(websocket.client),
+                     origin=websocket.headers.get("origin"))
+            await websocket.send_denial_response(denial.response())
+            return
+        subprotocol = token_subprotocol(websocket)
+        if len(self.connections) >= self.settings.max_connections:
+            self.metrics.refused.labels(reason="capacity").inc()
+            log.info("connection_refused", reason="capacity", client=str(websocket.client))
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):  # the client may be gone
+                await websocket.accept(subprotocol)
+                await websocket.close(TRY_AGAIN_LATER, f"too many connections (the limit is "
+                                                       f"{self.settings.max_connections}); try again later")
+            return
         session = Session(self.settings, self.queue, self.metrics, self.status, self.engine.forget,
-                          Outbox(asyncio.get_running_loop()))
+                          Outbox(asyncio.get_running_loop(), self.settings.max_backlog))
         connection = Connection(websocket, session)
-        self.connections.add(connection)
-        self.metrics.active_sessions.set(len(self.connections))
-        log.info("connection_opened", session=session.id, client=str(websocket.client))
+        self.connections.add(connection)  # counted before the first await, so the limit holds under a rush
         try:
+            await websocket.accept(subprotocol)
+            self.metrics.connections.inc()
+            self.metrics.active_sessions.set(len(self.connections))
+            log.info("connection_opened", session=session.id, client=str(websocket.client))
             await connection.run()
         finally:
             self.connections.discard(connection)
@@ -79,14 +102,19 @@ class Server:
         return JSONResponse(status, status_code=200 if status["state"] == READY else 503)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        denial = self.access.token_denial(request)
+        if denial is not None:
+            return denial.response()
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
+        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
         try:
             yield
         finally:
+            lag_watcher.cancel()
             await asyncio.to_thread(self.engine.stop)
 
 

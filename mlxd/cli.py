@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mlxd import __version__
 from mlxd.service import add_service_commands
@@ -10,15 +11,25 @@ from mlxd.settings import Settings, add_serve_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mlxd.access import StartupError, check_exposure, check_tls, resolve_token
+
+    settings = Settings.from_args(args)
+    try:
+        token = resolve_token(settings)
+        check_exposure(settings, token is not None)
+        check_tls(settings)
+    except StartupError as exc:
+        print(f"mlxd serve: {exc}", file=sys.stderr)
+        return 2
+
     from mlxd.blas import use_fast_blas
 
     blas = use_fast_blas()
     from mlxd.logs import configure_logging
     from mlxd.server import serve
 
-    settings = Settings.from_args(args)
     configure_logging(settings.log_level, settings.log_format)
-    return serve(settings, blas)
+    return serve(settings, token, blas)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,78 +1,139 @@
-"""One WebSocket connection: read messages into the session, write its events back.
+"""One WebSocket connection: read messages into the session, write its events back, and end it when it must.
 
-The reader parses with the wire protocol and hands typed messages to the session; the writer drains the
-session's outbox, coalescing tokens, and encodes. Data flows one way: socket -> session -> engine, and
-engine -> session -> socket.
+The reader parses with the wire protocol and hands typed messages to the session, within the connection's
+message rate; the writer drains the session's outbox, coalescing tokens, and encodes. Data flows one way:
+socket -> session -> engine, and engine -> session -> socket. A watchdog ends a connection that has gone
+idle, and one whose client stopped reading before its backlog grows without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from dataclasses import dataclass
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import protocol
 from mlxd.errors import ClientError
+from mlxd.ratelimit import TokenBucket
 from mlxd.session import Session, coalesce
 
 log = structlog.get_logger("mlxd.connection")
 
 GOING_AWAY = 1001
+CLOSE_TIMEOUT_SECONDS = 1.0
+MAX_WATCH_TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why the server ended a connection: a metric label, and the close code and reason the client gets."""
+
+    name: str
+    code: int
+    reason: str
+
+
+IDLE = Ending("idle", 1000, "idle")
+BACKLOG = Ending("backlog", 1008, "too many undelivered messages: the client is not reading")
+SEND_TIMEOUT = Ending("send_timeout", 1008, "the client has stopped reading")
+INTERNAL = Ending("internal", 1011, "internal error")
 
 
 class Connection:
     def __init__(self, websocket: WebSocket, session: Session) -> None:
         self.websocket = websocket
         self.session = session
-        self._writer: asyncio.Task[None] | None = None
-        self._sending = False
+        self._loop = asyncio.get_running_loop()
+        self._last_activity = self._loop.time()
+        self._send_started: float | None = None
 
-    async def run(self) -> None:
-        """Serve the connection until the client leaves or the server closes it."""
-        self._writer = asyncio.create_task(self._write())
-        max_text_chars = self.session.settings.max_text_chars
+    async def run(self) -> Ending | None:
+        """Serve the connection until the client leaves or the server closes it; say why if the server ended it."""
+        tasks = [asyncio.create_task(work) for work in (self._read(), self._write(), self._watch())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.session.close()
+        finished = done.pop()
+        if finished.exception() is not None:
+            log.error("connection_failed", session=self.session.id, exc_info=finished.exception())
+            ending: Ending | None = INTERNAL
+        else:
+            ending = finished.result()
+        if ending is not None:
+            self.session.metrics.disconnects.labels(reason=ending.name).inc()
+            log.info("connection_ended", session=self.session.id, reason=ending.name)
+            await self.close(ending.code, ending.reason)
+        return ending
+
+    async def _read(self) -> None:
+        session = self.session
+        settings = session.settings
+        bucket = TokenBucket(settings.max_messages_per_second, settings.message_burst, self._loop.time())
         try:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                self.session.messages += 1
+                self._last_activity = now = self._loop.time()
+                session.messages += 1
+                within_rate = bucket.take(now)
                 try:
                     if message.get("text") is not None:
-                        parsed = protocol.parse_text(message["text"], max_text_chars)
+                        parsed = protocol.parse_text(message["text"], settings.max_text_chars)
                     else:
-                        parsed = protocol.parse_binary(message.get("bytes") or b"", max_text_chars)
+                        parsed = protocol.parse_binary(message.get("bytes") or b"", settings.max_text_chars)
                 except ClientError as exc:
-                    self.session.refuse(exc)
+                    session.refuse(exc)
                     continue
-                self.session.handle(parsed)
+                if within_rate:
+                    session.handle(parsed)
+                else:
+                    session.throttle(parsed)
         except (WebSocketDisconnect, RuntimeError):
             return
-        finally:
-            self.session.close()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
 
     async def _write(self) -> None:
         session = self.session
         try:
             while True:
                 events = coalesce(await session.outbox.take())
-                self._sending = True
                 for event in events:
                     session.account(event)
+                    self._send_started = self._loop.time()
                     await self.websocket.send_text(protocol.encode(event))
-                self._sending = False
+                self._send_started = None
+                self._last_activity = self._loop.time()
         except (WebSocketDisconnect, RuntimeError, OSError):
             log.debug("writer_stopped", session=session.id)
 
+    async def _watch(self) -> Ending:
+        """End the connection when its backlog overflows, a send is stuck, or it has been idle too long."""
+        settings = self.session.settings
+        idle_timeout = settings.idle_timeout or math.inf
+        tick = min(MAX_WATCH_TICK_SECONDS, settings.send_timeout / 4, idle_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = self._loop.time()
+            if self.session.outbox.overflowed:
+                return BACKLOG
+            if self._send_started is not None and now - self._send_started > settings.send_timeout:
+                return SEND_TIMEOUT
+            if now - self._last_activity > idle_timeout and self.flushed():
+                return IDLE
+
     def flushed(self) -> bool:
         """Every job has ended and its last event has gone out."""
-        return self.session.idle() and self.session.outbox.empty() and not self._sending
+        return self.session.idle() and self.session.outbox.empty() and self._send_started is None
 
-    async def close(self, code: int = GOING_AWAY) -> None:
-        with contextlib.suppress(RuntimeError, OSError):
-            await self.websocket.close(code)
+    async def close(self, code: int = GOING_AWAY, reason: str = "") -> None:
+        """Send a close frame, giving up after a moment: a client that does not read never takes it."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT_SECONDS)

@@ -11,6 +11,7 @@ IMAGE_TOO_LARGE = "image_too_large"
 MODEL_TEXT_ONLY = "model_text_only"
 MODEL_UNAVAILABLE = "model_unavailable"
 QUEUE_FULL = "queue_full"
+RATE_LIMITED = "rate_limited"
 NOT_FOUND = "not_found"
 INTERNAL = "internal"
 

@@ -7,9 +7,24 @@ daemon's output has the same shape: timestamp, level, event, logger.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query string: a `?token=` must never reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            redacted = _QUERY_TOKEN.sub(r"\1<redacted>", message)
+            if redacted != message:
+                record.msg, record.args = redacted, ()
+        return True
 
 
 def configure_logging(level: str = "info", log_format: str = "auto") -> None:
@@ -30,6 +45,7 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTokens())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,

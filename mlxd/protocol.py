@@ -106,6 +106,8 @@ def _optional_str(message: dict[str, Any], name: str, limit: int, request_id: st
         return None
     if not isinstance(value, str):
         raise ClientError(errors.INVALID_FIELD, f"{name}: must be a string", request_id)
+    if not _valid_unicode(value):
+        raise ClientError(errors.INVALID_FIELD, f"{name}: not valid Unicode (a lone surrogate escape)", request_id)
     if len(value) > limit:
         raise ClientError(errors.TEXT_TOO_LONG, f"{name}: {len(value)} characters, the limit is {limit}",
                           request_id)
@@ -119,11 +121,22 @@ def _required_str(message: dict[str, Any], name: str, limit: int, request_id: st
     return value
 
 
+def _valid_unicode(value: str) -> bool:
+    """False for lone surrogates (JSON escapes such as \\ud800): they can be neither tokenized nor sent back."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _request_id(message: dict[str, Any]) -> str | None:
     value = message.get("id")
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not _valid_unicode(value):
         raise ClientError(errors.INVALID_FIELD, f"id: must be a string of 1 to {MAX_ID_CHARS} characters")
     return value
 
@@ -146,7 +159,7 @@ def parse_binary(data: bytes, max_text_chars: int) -> ClientMessage:
     image_bytes = data[4 + header_length:]
     if message.get("type") not in ("image_input", *FRAME_TYPES):
         raise ClientError(errors.UNKNOWN_TYPE, "binary messages carry image_input, video_frame or screen_frame",
-                          message.get("id") if isinstance(message.get("id"), str) else None)
+                          _request_id(message))
     return _parse_object(message, max_text_chars, image_bytes=image_bytes)
 
 
@@ -280,7 +293,9 @@ def encode(event: ServerEvent) -> str:
     elif isinstance(event, StatusReport):
         message = {"type": "status", **event.status, "timestamp": now}
     elif isinstance(event, ErrorReport):
-        message = {"type": "error", "error": event.message, "code": event.code, "timestamp": now}
+        # The message may quote the client (a field name): never let a lone surrogate make it unsendable.
+        text = event.message.encode("utf-8", "replace").decode("utf-8")
+        message = {"type": "error", "error": text, "code": event.code, "timestamp": now}
     else:
         raise TypeError(f"not a server event: {event!r}")
     return json.dumps(_with_id(message, event.request_id), ensure_ascii=False, separators=(",", ":"))

@@ -42,9 +42,9 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings, blas: Path | None = None) -> int:
+def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
     choice = choose_model(settings.model)
-    server = Server(settings, choice)
+    server = Server(settings, choice, token)
     config = uvicorn.Config(
         create_app(server),
         host=settings.host,
@@ -54,11 +54,15 @@ def serve(settings: Settings, blas: Path | None = None) -> int:
         ws="websockets-sansio",
         ws_max_size=settings.max_message_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_timeout or None,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
     log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason,
-             blas=str(blas) if blas else "mlx default")
+             tls=settings.tls_cert is not None, token=token is not None, blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)
     try:

@@ -49,18 +49,24 @@ class Outbox:
     """Events for one client: `put` from any thread never blocks, `take` awaits a batch on the loop.
 
     The loop is woken once per batch, not once per token: while the writer is busy sending, tokens pile
-    up here and go out together.
+    up here and go out together. Past `limit` waiting events the client is not reading: the outbox marks
+    itself overflowed and discards from then on (the connection is ended), so memory stays bounded.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
         self._loop = loop
+        self._limit = limit
         self._items: deque[ServerEvent] = deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._ready = asyncio.Event()
+        self.overflowed = False
 
     def put(self, event: ServerEvent) -> None:
         with self._lock:
+            if self.overflowed or (self._limit is not None and len(self._items) >= self._limit):
+                self.overflowed = True
+                return
             self._items.append(event)
             if self._wake_pending:
                 return
@@ -131,6 +137,20 @@ class Session:
     def refuse(self, exc: ClientError, input_type: str | None = None) -> None:
         self.outbox.put(ErrorReport(exc.code, exc.message, exc.request_id, input_type))
 
+    def throttle(self, message: ClientMessage) -> None:
+        """Refuse a message over the connection's rate: a frame is dropped, anything else gets an error."""
+        if isinstance(message, ImageInput) and message.is_frame:
+            self._frame_received()
+            self.outbox.put(FrameDropped(message.request_id, "rate_limited"))
+            return
+        input_type = {TextInput: "text", ImageInput: "image"}.get(type(message))
+        self.refuse(ClientError(errors.RATE_LIMITED, f"over {self.settings.max_messages_per_second:g} messages a "
+                                "second; slow down", message.request_id), input_type)
+
+    def _frame_received(self) -> None:
+        self.frames_received += 1
+        self.metrics.frames_received.inc()
+
     def status(self) -> dict[str, Any]:
         requests, frames = self.queue.depths()
         engine = self.engine_status()
@@ -151,8 +171,7 @@ class Session:
             self._queue_request(job)
             return
         if message.is_frame:
-            self.frames_received += 1
-            self.metrics.frames_received.inc()
+            self._frame_received()
         if status["state"] == "ready" and "image" not in status["modalities"]:
             raise ClientError(errors.MODEL_TEXT_ONLY, f"the model {status['model']} is text-only: it cannot "
                               "take images or frames", message.request_id)

@@ -7,7 +7,7 @@ options and forward them to the service it writes.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -31,17 +31,45 @@ class Settings:
     max_pending: int = 16
     batch_size: int = 8
     context_tokens: int = 4096
+    allow_origins: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    insecure: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_connections: int = 64
+    max_messages_per_second: float = 100.0
+    message_burst: int = 200
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    idle_timeout: float = 600.0
+    send_timeout: float = 30.0
+    max_backlog: int = 10_000
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names})
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def seconds_or_off(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or a positive number of seconds, got {text}")
     return value
 
 
@@ -79,3 +107,42 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=positive_int, default=d.context_tokens,
                         help="token budget of a conversation with history on; older turns are dropped "
                              "past it (default: %(default)s)")
+    _add_access_arguments(parser, d)
+    _add_connection_arguments(parser, d)
+
+
+def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--allow-origin", dest="allow_origins", action="append", default=list(d.allow_origins),
+                        metavar="ORIGIN", help="also accept WebSocket connections from this browser origin, e.g. "
+                        "https://example.com (repeatable; '*' accepts any). Loopback origins are always accepted")
+    parser.add_argument("--token", default=d.token,
+                        help="require this token from clients (prefer --token-file or MLXD_TOKEN: a command line "
+                        "is visible to other local users)")
+    parser.add_argument("--token-file", default=d.token_file,
+                        help="read the required token from this file, which must be mode 0600")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without a token")
+    parser.add_argument("--tls-cert", default=d.tls_cert, help="certificate (PEM) to serve wss:// and https://")
+    parser.add_argument("--tls-key", default=d.tls_key, help="private key (PEM) of --tls-cert")
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--max-connections", type=positive_int, default=d.max_connections,
+                        help="open WebSockets at most; more are closed with 1013 (default: %(default)s)")
+    parser.add_argument("--max-messages-per-second", type=positive_float, default=d.max_messages_per_second,
+                        help="sustained messages per connection; frames over it are dropped, other messages "
+                        "refused with rate_limited (default: %(default)s)")
+    parser.add_argument("--message-burst", type=positive_int, default=d.message_burst,
+                        help="messages a connection may send at once above that rate (default: %(default)s)")
+    parser.add_argument("--ping-interval", type=seconds_or_off, default=d.ping_interval,
+                        help="seconds between keepalive pings, 0 for none (default: %(default)s)")
+    parser.add_argument("--ping-timeout", type=seconds_or_off, default=d.ping_timeout,
+                        help="seconds to wait for a pong before closing, 0 to wait forever (default: %(default)s)")
+    parser.add_argument("--idle-timeout", type=seconds_or_off, default=d.idle_timeout,
+                        help="close a connection that sent nothing and has nothing in flight for this many seconds, "
+                        "0 for never (default: %(default)s)")
+    parser.add_argument("--send-timeout", type=positive_float, default=d.send_timeout,
+                        help="disconnect a client that has not read for this many seconds (default: %(default)s)")
+    parser.add_argument("--max-backlog", type=positive_int, default=d.max_backlog,
+                        help="events waiting to be sent to one client; past it the client is disconnected "
+                        "(default: %(default)s)")

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +17,11 @@ from pathlib import Path
 import httpx
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
+from websockets.uri import parse_uri
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL_TYPES = ("response_complete", "error", "frame_dropped")
@@ -71,8 +76,8 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server did not reach {state!r}: {health}")
 
-    def connect(self, path: str = "/") -> ClientConnection:
-        return connect(self.ws_url(path), open_timeout=10, max_size=None)
+    def connect(self, path: str = "/", **options) -> ClientConnection:
+        return connect(self.ws_url(path), open_timeout=10, max_size=None, **options)
 
     def log_lines(self) -> list[dict]:
         lines = []
@@ -82,6 +87,11 @@ class ServerProcess:
             except ValueError:
                 continue
         return lines
+
+    def unhandled_errors(self) -> list[dict]:
+        """Log lines of exceptions nobody handled: uvicorn's 'Exception in ASGI application' and the like."""
+        return [line for line in self.log_lines() if line.get("logger") == "uvicorn.error"
+                and line.get("level") in ("error", "critical")]
 
     def log_text(self) -> str:
         self._log.flush()
@@ -97,6 +107,59 @@ class ServerProcess:
                 self.process.wait(timeout=5)
         self._log.close()
         return self.process.returncode
+
+
+class RawClient:
+    """A WebSocket client on a bare socket: it reads only when asked (a client that stops reading), and it
+    can vanish with a TCP reset and no close frame (a crashed client or a pulled cable)."""
+
+    def __init__(self, port: int, receive_buffer: int | None = None) -> None:
+        self.sock = socket.socket()
+        if receive_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"), max_size=None)
+        self.protocol.send_request(self.protocol.connect())
+        self.flush()
+        while self.protocol.state is State.CONNECTING:
+            self.protocol.receive_data(self.sock.recv(65536))
+        if self.protocol.state is not State.OPEN:
+            raise ConnectionError(f"handshake failed: {self.protocol.handshake_exc}")
+        self._frames = [event for event in self.protocol.events_received() if isinstance(event, Frame)]
+
+    def flush(self) -> None:
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def send(self, message: dict) -> None:
+        self.protocol.send_text(json.dumps(message).encode())
+        self.flush()
+
+    def receive(self, timeout: float = 30) -> dict:
+        """The next text message; pings are not answered, as a stuck client would not answer them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._frames:
+                frame = self._frames.pop(0)
+                if frame.opcode is Opcode.TEXT:
+                    return json.loads(frame.data)
+                if frame.opcode is Opcode.CLOSE:
+                    raise ConnectionError(f"closed by the server: {self.protocol.close_rcvd}")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"the server closed the socket; close frame {self.protocol.close_rcvd}")
+            self.protocol.receive_data(data)
+            self._frames += [event for event in self.protocol.events_received() if isinstance(event, Frame)]
+
+    def reset(self) -> None:
+        reset(self.sock)
+
+
+def reset(sock: socket.socket) -> None:
+    """Vanish: SO_LINGER 0 makes close() send a TCP reset instead of a close frame and a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def send(ws: ClientConnection, message: dict) -> None:
@@ -126,6 +189,17 @@ def run_request(ws: ClientConnection, message: dict, timeout: float = 30) -> lis
     """Send one input and return every message up to its terminal one."""
     send(ws, message)
     return receive_until(ws, terminal_for(message.get("id")), timeout)
+
+
+def seconds_to_serve(server: ServerProcess) -> float:
+    """How long a new client waits for a short answer: the engine is free if this is short."""
+    started = time.monotonic()
+    with server.connect() as ws:
+        send(ws, {"type": "config", "maxOutputTokens": 5})
+        receive(ws)
+        done = run_request(ws, {"type": "text_input", "content": "my turn", "id": "next"})[-1]
+    assert done["type"] == "response_complete"
+    return time.monotonic() - started
 
 
 def tokens_text(messages: list[dict], request_id: str | None) -> str:

@@ -172,3 +172,18 @@ def test_encode_every_server_event():
         "candidateCount": 1, "maxOutputTokens": 200, "max_tokens_image": 100, "temperature": 0.2, "topP": 1.0,
         "topK": 50, "presencePenalty": 0.0, "frequencyPenalty": 0.0, "history": False,
         "responseModalities": ["TEXT"]}
+
+
+@pytest.mark.parametrize("raw", [
+    '{"type": "text_input", "content": "a\\ud800b", "id": "s"}',
+    '{"type": "text_input", "content": "ok", "id": "\\udfff"}',
+    '{"type": "image_input", "image": "aGk=", "prompt": "\\udc80"}',
+])
+def test_lone_surrogates_are_refused(raw):
+    """JSON escapes can smuggle lone surrogates in: they can be neither tokenized nor echoed back as UTF-8."""
+    assert refused(raw).code == errors.INVALID_FIELD
+
+
+def test_an_error_quoting_the_client_is_always_sendable():
+    text = protocol.encode(ErrorReport(errors.INVALID_FIELD, "\ud800: not a configuration field"))
+    assert json.loads(text.encode("utf-8"))["error"] == "?: not a configuration field"

@@ -454,7 +454,9 @@ def test_only_non_default_serve_options_are_forwarded(tmp_path: Path,
     add_serve_arguments(parser)
     assert serve_options(parser.parse_args([])) == []
     assert serve_options(parser.parse_args(["--port", "8765", "--log-level", "info"])) == []
-    given = ["--host", "0.0.0.0", "--max-pending", "3", "--log-content", "--log-format", "json"]
+    given = ["--host", "0.0.0.0", "--max-pending", "3", "--log-content", "--log-format", "json", "--insecure",
+             "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--idle-timeout", "90.5",
+             "--max-messages-per-second", "12.5"]
     forwarded = serve_options(parser.parse_args(given))
     assert sorted(forwarded) == sorted(given)
     # What the service runs means the same settings as what install was given.
@@ -464,13 +466,35 @@ def test_only_non_default_serve_options_are_forwarded(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     local = parser.parse_args(["--model", "models/tiny"])
     assert serve_options(local) == ["--model", str(tmp_path / "models" / "tiny")]
+    files = parser.parse_args(["--token-file", "token", "--tls-cert", "~/cert.pem"])
+    assert serve_options(files) == ["--token-file", str(tmp_path / "token"),
+                                    "--tls-cert", str(Path("~/cert.pem").expanduser())]
     assert serve_options(parser.parse_args(["--model", "org/repo"])) == ["--model", "org/repo"]
 
 
-def test_non_local_host_warns(home: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli("install", "--platform", "launchd", "--host", "0.0.0.0") == 0
+def test_non_local_host_needs_a_token_or_insecure(home: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli("install", "--platform", "launchd", "--host", "0.0.0.0") == 1
+    assert "without a token" in capsys.readouterr().err
+    assert not plist_file(home).exists(), "a service that would refuse to start is not installed"
+    assert cli("install", "--platform", "launchd", "--host", "0.0.0.0", "--insecure") == 0
     assert "warning" in capsys.readouterr().err
-    assert read_plist(home)["ProgramArguments"][-2:] == ["--host", "0.0.0.0"]
+    assert read_plist(home)["ProgramArguments"][-3:] == ["--host", "0.0.0.0", "--insecure"]
+
+
+def test_create_token_writes_a_private_token_file_once(home: Path, capsys: pytest.CaptureFixture) -> None:
+    token_file = home / ".config" / "mlxd" / "token"
+    assert cli("install", "--platform", "systemd", "--create-token", "--dry-run") == 0
+    assert not token_file.exists() and "would create" in capsys.readouterr().out
+    assert cli("install", "--platform", "launchd", "--create-token", "--host", "0.0.0.0") == 0
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and token not in plist_file(home).read_text()
+    assert read_plist(home)["ProgramArguments"][-4:] == ["--host", "0.0.0.0", "--token-file", str(token_file)]
+    assert cli("install", "--platform", "launchd", "--create-token") == 0
+    assert token_file.read_text().strip() == token, "a reinstall keeps the token clients already have"
+    token_file.chmod(0o644)
+    assert cli("install", "--platform", "launchd", "--create-token") == 1
+    assert "chmod 600" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("script", "command"), [("install-agent.sh", "install"),

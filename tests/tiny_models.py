@@ -58,7 +58,7 @@ def _save_weights(model, folder: Path) -> None:
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
 
 
-def build_text_model(folder: Path) -> Path:
+def build_text_model(folder: Path, chat_template: str = CHATML_TEMPLATE) -> Path:
     """A 2-layer llama with a ChatML template whose end-of-turn token stops generation."""
     from mlx_lm.models import llama
 
@@ -69,7 +69,7 @@ def build_text_model(folder: Path) -> Path:
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat_template,
     )
     wrapped.save_pretrained(str(folder))
     config = {

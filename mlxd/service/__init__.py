@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import site
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import mlxd
+from mlxd.access import StartupError, check_exposure, check_tls, create_token_file, resolve_token
 from mlxd.service.base import Context, Runner, ServiceError, ServiceSpec, dry_runner, run
 from mlxd.service.launchd import Launchd
 from mlxd.service.systemd import Systemd
@@ -46,6 +48,8 @@ PASSTHROUGH_ENV = ("HF_HOME", "XDG_CACHE_HOME", "MLXD_MODEL", "MLXD_CACHE_DIR", 
 PATH_LIKE_ENV = frozenset({"HF_HOME", "XDG_CACHE_HOME", "MLXD_CACHE_DIR"})
 FALLBACK_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+PATH_OPTIONS = frozenset({"token_file", "tls_cert", "tls_key"})
+TOKEN_FILE = Path(".config") / "mlxd" / "token"
 HEALTH_TIMEOUT_S = 2.0
 
 UNSUPPORTED = (
@@ -102,6 +106,9 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser(name, help=text, description=text)
         if name == "install":
             add_serve_arguments(parser)
+            parser.add_argument("--create-token", action="store_true",
+                                help=f"require a token: create ~/{TOKEN_FILE} with a random one (or keep the one "
+                                "there) and serve with --token-file")
         if name in ("install", "uninstall"):
             parser.add_argument("--dry-run", action="store_true",
                                 help="print every file it would write and command it would run; "
@@ -165,9 +172,10 @@ def serve_options(args: argparse.Namespace) -> list[str]:
             if value == action.const:
                 options.append(flag)
             continue
-        if action.dest == "model" and os.path.exists(os.path.expanduser(str(value))):
-            value = os.path.abspath(os.path.expanduser(str(value)))
-        options += [flag, str(value)]
+        for item in value if isinstance(value, list) else [value]:  # repeatable options, one flag each
+            if action.dest in PATH_OPTIONS or (action.dest == "model" and os.path.exists(os.path.expanduser(item))):
+                item = os.path.abspath(os.path.expanduser(item))
+            options += [flag, str(item)]
     return options
 
 
@@ -207,7 +215,37 @@ def build_spec(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
                        port=settings.port)
 
 
+def _prepare_token(args: argparse.Namespace, dry_run: bool) -> None:
+    """--create-token: make the token file (once) and serve with it."""
+    if args.token is not None:
+        print("warning: --token is written into the service definition, where other local users may read it; "
+              "prefer --create-token or --token-file", file=sys.stderr)
+    if not args.create_token or args.token is not None or args.token_file is not None:
+        return
+    path = Path.home() / TOKEN_FILE
+    args.token_file = str(path)
+    if dry_run:
+        print(f"would create {path} with a random token (mode 0600), unless it exists")
+    elif create_token_file(path):
+        print(f"created {path}: clients send its token as `Authorization: Bearer <token>`, `?token=<token>` or "
+              "the WebSocket subprotocol `mlxd.token.<token>`")
+
+
+def _check_startup(args: argparse.Namespace, dry_run: bool) -> None:
+    """Refuse to install a server that would refuse to start: launchd and systemd would restart it in a loop."""
+    settings = Settings.from_args(args)
+    try:
+        if not (dry_run and args.create_token):  # in a dry run the token file may not exist yet
+            resolve_token(settings, environ={})
+        check_exposure(settings, settings.token is not None or settings.token_file is not None)
+        check_tls(settings)
+    except StartupError as exc:
+        raise ServiceError(str(exc)) from None
+
+
 def install(args: argparse.Namespace, backend: Backend, dry_run: bool) -> int:
+    _prepare_token(args, dry_run)
+    _check_startup(args, dry_run)
     spec = build_spec(args)
     if spec.host not in LOOPBACK:
         print(f"warning: the service will listen on {spec.host}, reachable from other machines; "
@@ -237,10 +275,15 @@ def _option(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def probe_health(host: str, port: int, timeout: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
-    """GET /healthz directly (no proxy): (True, its JSON) on HTTP 200, else (False, what went wrong)."""
-    url = f"http://{_url_host(host)}:{port}/healthz"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def probe_health(host: str, port: int, timeout: float = HEALTH_TIMEOUT_S, tls: bool = False) -> tuple[bool, str]:
+    """GET /healthz directly (no proxy): (True, its JSON) on HTTP 200, else (False, what went wrong).
+
+    Over TLS the certificate is not verified: this asks our own server on this machine whether it is up,
+    and its certificate is often self-signed.
+    """
+    url = f"{'https' if tls else 'http'}://{_url_host(host)}:{port}/healthz"
+    handlers = [urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl._create_unverified_context())]
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout) as response:
             code, body = response.status, response.read()
@@ -265,6 +308,6 @@ def status(backend: Backend) -> int:
         port = int(_option(argv, "--port") or Settings().port)
     except ValueError:
         port = Settings().port
-    healthy, text = probe_health(host, port)
+    healthy, text = probe_health(host, port, tls=_option(argv, "--tls-cert") is not None)
     print(f"health {text}")
     return 0 if healthy else 1

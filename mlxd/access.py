@@ -1,0 +1,177 @@
+"""Who may connect: browser origins, the optional token, and the refusal to expose an open server.
+
+A server on localhost is reachable by every web page the user visits and by every local process. A browser
+always says which page opened a WebSocket (the Origin header) and a page cannot forge it, so pages from
+other sites are refused at the handshake, before any message is read. The Host header is not trusted to
+name the server's own origin: a DNS-rebinding page controls it. A token, when set, keeps out local
+processes and other machines; browsers cannot set headers on a WebSocket, so it may also come as a query
+parameter or as a subprotocol, `mlxd.token.<token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse, Response
+
+from mlxd.settings import Settings
+
+TOKEN_SUBPROTOCOL = "mlxd.token."
+TOKEN_ENV = "MLXD_TOKEN"
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+class StartupError(Exception):
+    """A setting the server refuses to start with; the message says why and what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(settings: Settings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The token clients must present: --token, else --token-file, else $MLXD_TOKEN, else none."""
+    if settings.token is not None:
+        token, source = settings.token, "--token"
+    elif settings.token_file is not None:
+        token, source = read_token_file(Path(settings.token_file)), f"--token-file {settings.token_file}"
+    elif environ.get(TOKEN_ENV):
+        token, source = environ[TOKEN_ENV], TOKEN_ENV
+    else:
+        return None
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise StartupError(f"the token from {source} must be printable ASCII without spaces, as it travels in a "
+                           "header, a query parameter and a subprotocol name")
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`, refused unless only its owner can read it: a token others can read protects nothing."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read the token file {path}: {exc}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise StartupError(f"the token file {path} has mode {stat.S_IMODE(mode):04o}: other users could read it. "
+                           f"Make it private with `chmod 600 {path}`")
+    return text.strip()
+
+
+def create_token_file(path: Path) -> bool:
+    """Write a new random token to `path`, readable by its owner only; False if a token file is already there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secrets.token_urlsafe(32) + "\n")
+    return True
+
+
+def check_exposure(settings: Settings, has_token: bool) -> None:
+    """Refuse to serve every machine on the network without a token, unless told to with --insecure."""
+    if not has_token and not settings.insecure and not is_loopback(settings.host):
+        raise StartupError(
+            f"refusing to listen on {settings.host!r} without a token: any machine that can reach it could run "
+            "the model and send it images. Set a token (--token-file, MLXD_TOKEN or --token), bind to 127.0.0.1, "
+            "or pass --insecure if the network is trusted")
+
+
+def check_tls(settings: Settings) -> None:
+    """wss:// needs a readable certificate; a key alone, or a missing file, is a mistake to say plainly."""
+    if settings.tls_key is not None and settings.tls_cert is None:
+        raise StartupError("--tls-key needs --tls-cert")
+    for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise StartupError(f"{option} {path}: no such readable file")
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why a handshake or a request is refused: the HTTP status, a short reason (a metric label) and a message."""
+
+    status: int
+    reason: str
+    message: str
+
+    def response(self) -> Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="mlxd"'} if self.status == 401 else None
+        return PlainTextResponse(self.message + "\n", status_code=self.status, headers=headers)
+
+
+class Access:
+    """The origin allowlist and the token check, applied to WebSocket handshakes and to /metrics."""
+
+    def __init__(self, settings: Settings, token: str | None) -> None:
+        self._token = None if token is None else token.encode()
+        self._origins = {origin.rstrip("/").lower() for origin in settings.allow_origins}
+        self._own_host = None if settings.host in WILDCARD_HOSTS else settings.host.strip("[]").lower()
+        self._port = settings.port
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """No Origin (not a browser), a loopback page, the server's own address, or one on the allowlist."""
+        if origin is None:
+            return True
+        origin = origin.strip().lower()
+        if "*" in self._origins or origin in self._origins:
+            return True
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        own = parts.hostname == self._own_host and (port or {"http": 80, "https": 443}[parts.scheme]) == self._port
+        return own or is_loopback(parts.hostname)
+
+    def websocket_denial(self, connection: HTTPConnection) -> Denial | None:
+        origin = connection.headers.get("origin")
+        if not self.origin_allowed(origin):
+            return Denial(403, "origin", f"origin {origin!r} is not allowed (see --allow-origin)")
+        return self.token_denial(connection)
+
+    def token_denial(self, connection: HTTPConnection) -> Denial | None:
+        """401 without a token, 403 with a wrong one; compared in constant time."""
+        if self._token is None:
+            return None
+        offered = _offered_tokens(connection)
+        if not offered:
+            return Denial(401, "unauthorized", "a token is required: send `Authorization: Bearer <token>`, "
+                          f"`?token=<token>` or the WebSocket subprotocol `{TOKEN_SUBPROTOCOL}<token>`")
+        expected = self._token
+        if not any(hmac.compare_digest(candidate.encode("utf-8", "replace"), expected) for candidate in offered):
+            return Denial(403, "forbidden", "the token is not valid")
+        return None
+
+
+def token_subprotocol(connection: HTTPConnection) -> str | None:
+    """The `mlxd.token.` subprotocol the client offered: a browser fails a handshake that does not echo it."""
+    return next((p for p in connection.scope.get("subprotocols", ()) if p.startswith(TOKEN_SUBPROTOCOL)), None)
+
+
+def _offered_tokens(connection: HTTPConnection) -> list[str]:
+    offered = []
+    scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        offered.append(credentials.strip())
+    offered += [value for value in connection.query_params.getlist("token") if value]
+    offered += [p[len(TOKEN_SUBPROTOCOL):] for p in connection.scope.get("subprotocols", ())
+                if p.startswith(TOKEN_SUBPROTOCOL)]
+    return offered

@@ -1,0 +1,175 @@
+"""Who may connect: browser origins, the token (header, query, subprotocol), /metrics, startup refusals, TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from mlxd.access import Access
+from mlxd.service import probe_health
+from mlxd.settings import Settings
+from tests.helpers import REPO, receive, run_request, send
+
+TOKEN = "s3cret-Token_0123456789"
+
+
+@pytest.mark.parametrize("origin,allowed", [
+    (None, True),
+    ("http://localhost:3000", True),
+    ("https://localhost", True),
+    ("http://127.0.0.1:9", True),
+    ("http://[::1]:8080", True),
+    ("HTTP://LOCALHOST:3000", True),
+    ("https://app.example", True),
+    ("http://192.168.1.5:8765", True),
+    ("http://192.168.1.5:9000", False),
+    ("https://evil.example", False),
+    ("http://localhost.evil.example", False),
+    ("http://127.0.0.1.evil.example", False),
+    ("null", False),
+    ("file://", False),
+    ("chrome-extension://abcdef", False),
+    ("http://localhost:notaport", False),
+])
+def test_origin_allowlist(origin, allowed):
+    access = Access(Settings(host="192.168.1.5", port=8765, allow_origins=("https://app.example/",)), None)
+    assert access.origin_allowed(origin) is allowed
+
+
+def test_a_wildcard_allows_any_origin():
+    assert Access(Settings(allow_origins=("*",)), None).origin_allowed("https://anything.example")
+
+
+def refused_status(server, **options) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        server.connect(**options).close()
+    return refused.value.response.status_code
+
+
+def test_pages_from_other_sites_are_refused_at_the_handshake(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, "--allow-origin", "https://app.example")
+    assert refused_status(server, origin="https://evil.example") == 403
+    assert refused_status(server, origin="null") == 403
+    for origin in ("http://localhost:5173", "http://127.0.0.1:8000", "https://app.example", None):
+        with server.connect(origin=origin) as ws:
+            send(ws, {"type": "get_status", "id": "s"})
+            assert receive(ws)["type"] == "status"
+    metrics = httpx.get(f"{server.http}/metrics", timeout=5).text
+    assert 'mlxd_connections_refused_total{reason="origin"} 2.0' in metrics
+
+
+def test_a_token_is_required_in_a_header_a_query_or_a_subprotocol(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, env={"MLXD_TOKEN": TOKEN})
+    with pytest.raises(InvalidStatus) as missing:
+        server.connect().close()
+    assert missing.value.response.status_code == 401
+    assert missing.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert refused_status(server, additional_headers={"Authorization": "Bearer wrong"}) == 403
+    assert refused_status(server, subprotocols=["mlxd.token.wrong"]) == 403
+    with pytest.raises(InvalidStatus):
+        connect(server.ws_url(f"/?token={TOKEN[:-1]}"), open_timeout=10).close()
+
+    with server.connect(additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        send(ws, {"type": "config", "maxOutputTokens": 2})
+        receive(ws)
+        assert run_request(ws, {"type": "text_input", "content": "hi", "id": "h"})[-1]["type"] == "response_complete"
+    with connect(server.ws_url(f"/ws?token={TOKEN}"), open_timeout=10) as ws:
+        send(ws, {"type": "get_status"})
+        assert receive(ws)["type"] == "status"
+    with server.connect(subprotocols=["mlxd.token." + TOKEN]) as ws:
+        assert ws.subprotocol == "mlxd.token." + TOKEN, "browsers fail a handshake that does not echo it"
+        send(ws, {"type": "get_status"})
+        assert receive(ws)["type"] == "status"
+
+    assert httpx.get(f"{server.http}/healthz", timeout=5).status_code == 200, "probes stay open"
+    assert httpx.get(f"{server.http}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{server.http}/metrics", timeout=5).status_code == 401
+    assert httpx.get(f"{server.http}/metrics", headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 403
+    metrics = httpx.get(f"{server.http}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert metrics.status_code == 200
+    assert 'mlxd_connections_refused_total{reason="forbidden"} 3.0' in metrics.text
+    assert 'mlxd_connections_refused_total{reason="unauthorized"} 1.0' in metrics.text
+    assert httpx.get(f"{server.http}/metrics?token={TOKEN}", timeout=5).status_code == 200
+    time.sleep(0.2)
+    assert TOKEN not in server.log_text(), "the query string is redacted from uvicorn's log lines"
+    assert "token=<redacted>" in server.log_text()
+
+
+def serve_and_fail(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `mlxd serve` with options it must refuse; return what it said. It never gets to load a model."""
+    result = subprocess.run([sys.executable, "-m", "mlxd", "serve", "--port", "1", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+
+def test_a_non_loopback_address_needs_a_token_or_insecure():
+    message = serve_and_fail("--host", "0.0.0.0")
+    assert "without a token" in message and "--insecure" in message
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    message = serve_and_fail("--token-file", str(token_file))
+    assert "0644" in message and "chmod 600" in message
+    assert "printable ASCII" in serve_and_fail("--token", "two words")
+    assert "--tls-cert" in serve_and_fail("--tls-key", str(token_file))
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_tls_serves_wss_and_https(start_server, tiny_text_model, tmp_path: Path):
+    cert, key = self_signed_certificate(tmp_path)
+    server = start_server(tiny_text_model, "--tls-cert", str(cert), "--tls-key", str(key), wait=None)
+    trust = ssl.create_default_context(cafile=str(cert))
+    url = f"https://127.0.0.1:{server.port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", verify=trust, timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            assert server.process.poll() is None, server.log_text()
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.1)
+    with connect(f"wss://127.0.0.1:{server.port}/", ssl=trust, open_timeout=10) as ws:
+        send(ws, {"type": "config", "maxOutputTokens": 2})
+        receive(ws)
+        assert run_request(ws, {"type": "text_input", "content": "hi", "id": "t"})[-1]["type"] == "response_complete"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+    assert probe_health("127.0.0.1", server.port, tls=True)[0], "`mlxd status` probes a TLS server too"

@@ -102,6 +102,11 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def busy(self) -> bool:
+        """The engine thread is still running (after `stop`: it did not finish in time)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> list[Job]:
         """Stop taking work, cancel what runs, and return the jobs that never started."""
         waiting = self.queue.close()

@@ -7,6 +7,8 @@ messages out, and closes each socket with 1001 (going away); then uvicorn finish
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import socket
 from pathlib import Path
@@ -68,5 +70,15 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
     try:
         _GracefulServer(config, server).run()
     finally:
+        if server.engine.busy:
+            _exit_now("the engine is still loading the model or generating: exiting without waiting for it")
         log.info("stopped")
     return 0
+
+
+def _exit_now(reason: str) -> None:
+    """Leave at once. Letting the interpreter finalize while the engine thread is inside MLX can abort the
+    process (std::terminate) instead of exiting cleanly."""
+    log.warning("stopped", reason=reason)
+    logging.shutdown()
+    os._exit(0)

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlxd.settings import Settings
 
@@ -175,3 +177,36 @@ def _offered_tokens(connection: HTTPConnection) -> list[str]:
     offered += [p[len(TOKEN_SUBPROTOCOL):] for p in connection.scope.get("subprotocols", ())
                 if p.startswith(TOKEN_SUBPROTOCOL)]
     return offered
+
+
+def host_is_loopback(host_header: str | None) -> bool:
+    """A request addressed to a loopback name or address (`localhost`, `*.localhost`, 127.x, [::1])."""
+    if host_header is None:
+        return True
+    try:
+        hostname = urlsplit(f"//{host_header}").hostname or ""
+    except ValueError:
+        return False
+    return hostname.endswith(".localhost") or is_loopback(hostname)
+
+
+class LoopbackHostGuard:
+    """ASGI middleware for a server bound to loopback: requests addressed to another name are refused.
+
+    DNS rebinding lets a page on any site reach 127.0.0.1 under its own name; its requests then carry that
+    name in their Host header. The Origin check covers WebSockets; this covers the HTTP routes as well.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not host_is_loopback(Headers(scope=scope).get("host")):
+            response = PlainTextResponse("this server answers requests to localhost only\n", status_code=403)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.http.response.start", "status": 403, "headers": []})
+                await send({"type": "websocket.http.response.body", "body": response.body})
+            else:
+                await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

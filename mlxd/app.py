@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
-from mlxd.access import Access, token_subprotocol
+from mlxd.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
 from mlxd.connection import Connection
 from mlxd.engine import READY, Engine
 from mlxd.loop_lag import watch_loop_lag
@@ -126,4 +127,5 @@ def create_app(server: Server) -> Starlette:
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),
     ]
-    return Starlette(routes=routes, lifespan=server.lifespan)
+    middleware = [Middleware(LoopbackHostGuard)] if is_loopback(server.settings.host) else []
+    return Starlette(routes=routes, middleware=middleware, lifespan=server.lifespan)

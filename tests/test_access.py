@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from mlxd.access import Access
+from mlxd.access import Access, host_is_loopback
 from mlxd.service import probe_health
 from mlxd.settings import Settings
 from tests.helpers import REPO, receive, run_request, send
@@ -173,3 +174,24 @@ def test_tls_serves_wss_and_https(start_server, tiny_text_model, tmp_path: Path)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
     assert probe_health("127.0.0.1", server.port, tls=True)[0], "`mlxd status` probes a TLS server too"
+
+
+@pytest.mark.parametrize("host,allowed", [
+    (None, True), ("localhost:8765", True), ("127.0.0.1", True), ("[::1]:8765", True), ("app.localhost", True),
+    ("evil.example:8765", False), ("localhost.evil.example", False), ("127.0.0.1.nip.io", False), ("[bad", False),
+])
+def test_host_names_a_loopback_server_answers(host, allowed):
+    assert host_is_loopback(host) is allowed
+
+
+def test_a_dns_rebinding_page_cannot_reach_a_loopback_server(start_server, tiny_text_model):
+    server = start_server(tiny_text_model)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{server.http}{path}", headers={"Host": f"evil.example:{server.port}"},
+                         timeout=5).status_code == 403
+    assert httpx.get(f"{server.http}/healthz", headers={"Host": f"localhost:{server.port}"}, timeout=5).is_success
+    handshake = (f"GET / HTTP/1.1\r\nHost: evil.example:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(handshake.encode())
+        assert raw.recv(100).startswith(b"HTTP/1.1 403")

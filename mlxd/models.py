@@ -131,6 +131,21 @@ def user_turn(prompt: str, num_images: int) -> dict[str, Any]:
                                         {"type": "text", "text": prompt}]}
 
 
+_PLAIN_INPUTS = ("input_ids", "pixel_values", "attention_mask")
+
+
+@dataclass
+class _Continuation:
+    """A conversation turn that brings new images, prefilled from the cached prefix on."""
+
+    ids: list[int]
+    prefix: int
+    suffix_ids: Any
+    suffix_mask: Any
+    new_pixels: Any
+    cache: list[Any]
+
+
 class VisionModel:
     modalities = ("text", "image")
 
@@ -156,17 +171,21 @@ class VisionModel:
         return _render(lambda messages: self.prompt_text(messages, len(all_images)), question, context,
                        turns), all_images
 
-    def embed(self, prompt: str, context: str | None, images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
-        """Prompt ids and input embeddings (image features merged in), as mlx-vlm's BatchGenerator takes them."""
+    def _inputs(self, text: str, images: list[Image.Image]) -> dict[str, Any]:
+        """Token ids, attention mask and pixel values (the processor's work, not yet the vision tower's)."""
         from mlx_vlm.generate.dispatch import should_add_special_tokens
         from mlx_vlm.utils import prepare_inputs
 
-        text, _ = self._prompt(prompt, context, images, None)
         config = self.model.config
-        inputs = prepare_inputs(self.processor, images=images or None, prompts=text,
-                                image_token_index=getattr(config, "image_token_index", None),
-                                add_special_tokens=should_add_special_tokens(config.model_type, self.processor))
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+        return prepare_inputs(self.processor, images=images or None, prompts=text,
+                              image_token_index=getattr(config, "image_token_index", None),
+                              add_special_tokens=should_add_special_tokens(config.model_type, self.processor))
+
+    def embed(self, prompt: str, context: str | None, images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
+        """Prompt ids and input embeddings (image features merged in), as mlx-vlm's BatchGenerator takes them."""
+        text, _ = self._prompt(prompt, context, images, None)
+        inputs = self._inputs(text, images)
+        extra = {k: v for k, v in inputs.items() if k not in _PLAIN_INPUTS}
         embeddings = self.model.get_input_embeddings(inputs["input_ids"], inputs.get("pixel_values"),
                                                      mask=inputs.get("attention_mask"), **extra)
         kwargs = {**extra, **{k: v for k, v in embeddings.to_dict().items() if v is not None}}
@@ -181,32 +200,94 @@ class VisionModel:
                  config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:
         """Generate alone; with a conversation, earlier turns and images come first, its cache is reused, and
         the finished turn is recorded (a turn stopped early leaves the cache state stale: it is dropped)."""
-        import mlx_vlm
         from mlx_vlm.generate import PromptCacheState
 
         text, all_images = self._prompt(prompt, context, images, conversation)
         state = None
         if conversation is not None:
             state = conversation.vision_state = conversation.vision_state or PromptCacheState()
+        continuation = self._continuation(text, all_images, len(images), state) if images and state else None
+        if continuation is not None:
+            chunks = self._continue(continuation, max_tokens, config, state)
+        else:
+            chunks = self._stream(text, all_images, max_tokens, config, state)
         parts: list[str] = []
         finished = None
         try:
-            for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=all_images or None,
-                                                    max_tokens=max_tokens, prompt_cache_state=state,
-                                                    **sampling(config)):
-                chunk = Chunk(response.text, response.finish_reason, response.prompt_tokens,
-                              _completion_tokens(response.generation_tokens, response.finish_reason),
-                              response.cached_tokens)
+            for chunk in chunks:
                 parts.append(chunk.text)
                 finished = chunk if chunk.finish_reason else None
                 yield chunk
         finally:
+            chunks.close()
             if conversation is not None:
                 if finished is None:
                     conversation.vision_state = None
                 else:
                     conversation.record(user_turn(prompt, len(images)), "".join(parts),
                                         finished.prompt_tokens + finished.completion_tokens, images)
+
+    def _stream(self, text: str, images: list[Image.Image], max_tokens: int, config: GenerationConfig,
+                state: Any) -> Iterator[Chunk]:
+        """mlx-vlm's own generation: it reuses the cached prefix when only text follows it."""
+        import mlx_vlm
+
+        for response in mlx_vlm.stream_generate(self.model, self.processor, text, image=images or None,
+                                                max_tokens=max_tokens, prompt_cache_state=state,
+                                                **sampling(config)):
+            yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
+                        _completion_tokens(response.generation_tokens, response.finish_reason),
+                        response.cached_tokens)
+
+    def _continuation(self, text: str, images: list[Image.Image], num_new: int, state: Any) -> _Continuation | None:
+        """The plan to prefill only the new ids and the new images' pixels, where the cache allows it: one
+        pixel row per image, a cached prefix that ends before the new images and not inside an earlier one,
+        and a cache that can be trimmed back to it. None: prefill the whole conversation instead."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if state.cache is None or len(images) == num_new:
+            return None
+        inputs = self._inputs(text, images)
+        pixels = inputs.get("pixel_values")
+        if pixels is None or pixels.shape[0] != len(images) or set(inputs) - set(_PLAIN_INPUTS):
+            return None
+        ids = inputs["input_ids"].squeeze(0).tolist()
+        image_token = getattr(self.model.config, "image_token_index", None)
+        positions = [i for i, token in enumerate(ids) if token == image_token]
+        per_image, uneven = divmod(len(positions), len(images))
+        if uneven or not per_image:
+            return None
+        earlier = len(images) - num_new
+        prefix = min(state.find_prefix_length(ids), positions[per_image * earlier])
+        surplus = len(state.token_ids) - prefix
+        if prefix <= positions[per_image * earlier - 1] or (surplus and not can_trim_prompt_cache(state.cache)):
+            return None
+        if surplus:
+            trim_prompt_cache(state.cache, surplus)
+        return _Continuation(ids, prefix, inputs["input_ids"][:, prefix:], inputs["attention_mask"][:, prefix:],
+                             pixels[earlier:], state.cache)
+
+    def _continue(self, plan: _Continuation, max_tokens: int, config: GenerationConfig,
+                  state: Any) -> Iterator[Chunk]:
+        from mlx_vlm.generate import generate_step
+        from mlx_vlm.tokenizer_utils import make_streaming_detokenizer
+
+        detokenizer = make_streaming_detokenizer(self.processor)
+        generated: list[int] = []
+        finish_reason = "length"
+        steps = generate_step(plan.suffix_ids, self.model, plan.new_pixels, plan.suffix_mask,
+                              max_tokens=max_tokens, prompt_cache=plan.cache, **sampling(config))
+        for token, _ in steps:
+            generated.append(int(token))
+            if generated[-1] in self.stop_tokens:
+                finish_reason = "stop"
+                break
+            detokenizer.add_token(generated[-1])
+            yield Chunk(detokenizer.last_segment, None, len(plan.ids), len(generated), plan.prefix)
+        detokenizer.finalize()
+        completion = _completion_tokens(len(generated), finish_reason)
+        yield Chunk(detokenizer.last_segment, finish_reason, len(plan.ids), completion, plan.prefix)
+        state.update(plan.ids + generated, plan.cache)
 
 
 def local_path(name: str) -> Path:

@@ -93,3 +93,33 @@ def test_a_vision_conversation_keeps_its_image_and_reuses_the_cache_for_text_fol
     cold = "".join(r.text for r in mlx_vlm.stream_generate(model, processor, prompt, image=[picture], max_tokens=8,
                                                            sampler=make_sampler(0.0)))
     assert second["full_text"] == cold
+
+
+def test_a_new_image_in_a_conversation_prefills_only_the_new_turn(vision_server, tiny_vision_model):
+    import mlx_vlm
+    from mlx_vlm import apply_chat_template
+
+    from mlxd.media import decode_image
+    from tests.helpers import image_b64
+
+    first_image, second_image = image_b64(96, 64, "PNG"), image_b64(40, 80, "JPEG")
+    with vision_server.connect() as ws:
+        send(ws, {"type": "config", "history": True, "temperature": 0, "max_tokens_image": 8})
+        receive(ws)
+        first = run_request(ws, {"type": "image_input", "image": first_image, "prompt": "What is this?",
+                                 "id": "a"})[-1]
+        second = run_request(ws, {"type": "video_frame", "frame": second_image, "prompt": "And now?", "id": "b"})[-1]
+    assert second["type"] == "response_complete", second
+    assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+
+    model, processor = mlx_vlm.load(str(tiny_vision_model))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+                {"role": "assistant", "content": first["full_text"]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And now?"}]}]
+    prompt = apply_chat_template(processor, model.config, messages, num_images=2)
+    pictures = [decode_image(image, max_bytes=10**7, max_pixels=10**8, max_side=768)
+                for image in (first_image, second_image)]
+    cold = [r for r in mlx_vlm.stream_generate(model, processor, prompt, image=pictures, max_tokens=8,
+                                               sampler=make_sampler(0.0))]
+    assert second["usage"]["prompt_tokens"] == cold[-1].prompt_tokens
+    assert second["full_text"] == "".join(r.text for r in cold), "as a cold prefill of the whole conversation"

@@ -32,22 +32,12 @@ class Conversation:
 
     def reuse(self, ids: list[int]) -> tuple[list[Any] | None, int]:
         """The cache trimmed to the prefix it shares with `ids`, and that prefix's length (0: start afresh)."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
         cache, self.cache = self.cache, None
         if cache is None:
             return None, 0
-        prefix = 0
-        for cached, new in zip(self.cache_tokens, ids, strict=False):
-            if cached != new:
-                break
-            prefix += 1
-        prefix = min(prefix, len(ids) - 1)  # at least one token must be fed to get the next one
-        surplus = len(self.cache_tokens) - prefix
-        if prefix == 0 or (surplus and not can_trim_prompt_cache(cache)):
+        prefix = min(common_prefix(self.cache_tokens, ids), len(ids) - 1)  # one token must be fed at least
+        if prefix == 0 or not trim_cache(cache, len(self.cache_tokens), prefix):
             return None, 0
-        if surplus:
-            trim_prompt_cache(cache, surplus)
         return cache, prefix
 
     @property
@@ -80,3 +70,25 @@ class Conversation:
         del self.turn_tokens[index]
         del self.turns[2 * index:2 * index + 2]
         return True
+
+
+def common_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:
+    prefix = 0
+    for old, new in zip(cached, ids, strict=False):
+        if old != new:
+            break
+        prefix += 1
+    return prefix
+
+
+def trim_cache(cache: list[Any], cached: int, prefix: int) -> bool:
+    """Trim a cache holding `cached` tokens back to its first `prefix`; False where it cannot be trimmed
+    (a rotating window that has wrapped): the caller must prefill from scratch."""
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+    surplus = cached - prefix
+    if surplus and not can_trim_prompt_cache(cache):
+        return False
+    if surplus:
+        trim_prompt_cache(cache, surplus)
+    return True

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from PIL import Image
 
-from mlxd.conversation import Conversation
+from mlxd.conversation import Conversation, common_prefix, trim_cache
 from mlxd.generation import GenerationConfig
 
 if TYPE_CHECKING:
@@ -243,8 +243,6 @@ class VisionModel:
         """The plan to prefill only the new ids and the new images' pixels, where the cache allows it: one
         pixel row per image, a cached prefix that ends before the new images and not inside an earlier one,
         and a cache that can be trimmed back to it. None: prefill the whole conversation instead."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
         if state.cache is None or len(images) == num_new:
             return None
         inputs = self._inputs(text, images)
@@ -258,12 +256,9 @@ class VisionModel:
         if uneven or not per_image:
             return None
         earlier = len(images) - num_new
-        prefix = min(state.find_prefix_length(ids), positions[per_image * earlier])
-        surplus = len(state.token_ids) - prefix
-        if prefix <= positions[per_image * earlier - 1] or (surplus and not can_trim_prompt_cache(state.cache)):
+        prefix = min(common_prefix(state.token_ids, ids), positions[per_image * earlier])
+        if prefix <= positions[per_image * earlier - 1] or not trim_cache(state.cache, len(state.token_ids), prefix):
             return None
-        if surplus:
-            trim_prompt_cache(state.cache, surplus)
         return _Continuation(ids, prefix, inputs["input_ids"][:, prefix:], inputs["attention_mask"][:, prefix:],
                              pixels[earlier:], state.cache)
 

@@ -1,7 +1,7 @@
 """One WebSocket connection: read messages into the session, write its events back, and end it when it must.
 
 The reader parses with the wire protocol and hands typed messages to the session, within the connection's
-message rate; the writer drains the session's outbox, coalescing tokens, and encodes. Data flows one way:
+message rate; the writer drains the session's outbox and encodes. Data flows one way:
 socket -> session -> engine, and engine -> session -> socket. A watchdog ends a connection that has gone
 idle, and one whose client stopped reading before its backlog grows without bound.
 """
@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from mlxd import protocol
 from mlxd.errors import ClientError
 from mlxd.ratelimit import TokenBucket
-from mlxd.session import Session, coalesce
+from mlxd.session import Session
 
 log = structlog.get_logger("mlxd.connection")
 
@@ -104,7 +104,7 @@ class Connection:
         session = self.session
         try:
             while True:
-                events = coalesce(await session.outbox.take())
+                events = await session.outbox.take()
                 for event in events:
                     session.account(event)
                     self._send_started = self._loop.time()

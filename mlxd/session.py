@@ -48,9 +48,10 @@ _session_numbers = itertools.count(1)
 class Outbox:
     """Events for one client: `put` from any thread never blocks, `take` awaits a batch on the loop.
 
-    The loop is woken once per batch, not once per token: while the writer is busy sending, tokens pile
-    up here and go out together. Past `limit` waiting events the client is not reading: the outbox marks
-    itself overflowed and discards from then on (the connection is ended), so memory stays bounded.
+    The loop is woken once per batch, not once per token: while the writer is busy sending, tokens of a
+    response pile up here merged into one (the text the client assembles is unchanged) and go out together.
+    Past `limit` waiting events the client is not reading: the outbox marks itself overflowed and discards
+    from then on (the connection is ended), so memory stays bounded.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
@@ -64,7 +65,13 @@ class Outbox:
 
     def put(self, event: ServerEvent) -> None:
         with self._lock:
-            if self.overflowed or (self._limit is not None and len(self._items) >= self._limit):
+            if self.overflowed:
+                return
+            last = self._items[-1] if self._items else None
+            if isinstance(event, TokenText) and isinstance(last, TokenText) and last.request_id == event.request_id:
+                self._items[-1] = TokenText(event.request_id, last.text + event.text)
+                return
+            if self._limit is not None and len(self._items) >= self._limit:
                 self.overflowed = True
                 return
             self._items.append(event)
@@ -86,18 +93,6 @@ class Outbox:
             self._wake_pending = False
             self._ready.clear()
         return items
-
-
-def coalesce(events: list[ServerEvent]) -> list[ServerEvent]:
-    """Merge consecutive tokens of one response: the text the client assembles is unchanged."""
-    merged: list[ServerEvent] = []
-    for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, TokenText) and isinstance(last, TokenText) and last.request_id == event.request_id:
-            merged[-1] = TokenText(event.request_id, last.text + event.text)
-        else:
-            merged.append(event)
-    return merged
 
 
 class Session:

@@ -243,11 +243,14 @@ class Session:
 
     def close(self) -> None:
         """The client is gone: take back waiting work and stop the running job within one token."""
-        for job in self.queue.forget(self.id):
+        waiting = self.queue.forget(self.id)
+        for job in waiting:
             job.finished = True
-            self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
-        for job in self._jobs:
+        running = [job for job in self._jobs if not job.finished]
+        for job in running:
             job.cancelled = True
+        for job in [*waiting, *running]:  # their ends go to an outbox nobody drains any more
+            self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
         self.forget(self.id)
         self._update_depths()
         log.info("connection_closed", session=self.id, duration=round(time.monotonic() - self.opened, 3),

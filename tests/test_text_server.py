@@ -9,10 +9,12 @@ import pytest
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 
 from tests.helpers import (
+    delta,
     image_b64,
     receive,
     receive_until,
     run_request,
+    scrape,
     seconds_to_serve,
     send,
     start_long_answer,
@@ -196,9 +198,12 @@ def test_the_backlog_is_bounded_with_queue_full(start_server, tiny_text_model):
 
 
 def test_a_disconnect_mid_generation_frees_the_engine(text_server):
+    before = scrape(text_server)
     with text_server.connect() as ws:
         start_long_answer(ws, "abandoned")
+        send(ws, {"type": "text_input", "content": "and this", "id": "waiting"})
     waited = seconds_to_serve(text_server)
+    assert delta(before, scrape(text_server), "mlxd_requests_total", input_type="text", outcome="cancelled") == 2
     assert waited < 4, f"the next client waited {waited:.1f} s: the abandoned 8000-token answer kept running"
 
 

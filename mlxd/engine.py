@@ -2,10 +2,11 @@
 
 MLX streams are thread-local, so the thread that loads the model must run every generation. The engine
 takes work from the WorkQueue, decodes the image of the work it chose (a dropped frame is never decoded) and
-generates. A text model decodes every session's request together (continuous batching): requests join the
-batch and leave it between steps, each with its own sampling settings. A vision-language model serves one
-request at a time. Events go back through each job's `emit`, which never blocks: a slow client only slows
-itself. Cancellation is checked between steps, so a cancel or a disconnect takes effect within one token.
+generates. Requests of different sessions are decoded together (continuous batching, mlxd/batching.py):
+they join the batch and leave it between steps. What a batch cannot take (a vision request whose sampling
+differs from the running batch's, or that continues a conversation) is generated alone, the batch waiting
+meanwhile. Events go back through each job's `emit`, which never blocks: a slow client only slows itself.
+Cancellation is checked between steps, so a cancel or a disconnect takes effect within one token.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pending", type=positive_int, default=d.max_pending,
                         help="text and image requests one session may have waiting (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                        help="sessions decoded together by a text model (default: %(default)s)")
+                        help="requests of different sessions decoded together; 1 serves one at a time "
+                             "(default: %(default)s)")
     parser.add_argument("--context-tokens", type=positive_int, default=d.context_tokens,
                         help="token budget of a conversation with history on; older turns are dropped "
                              "past it (default: %(default)s)")

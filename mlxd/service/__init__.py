@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import mlxd
-from mlxd.access import StartupError, check_exposure, check_tls, create_token_file, resolve_token
+from mlxd.access import StartupError, check_exposure, check_tls, create_token_file, is_loopback, resolve_token
 from mlxd.service.base import Context, Runner, ServiceError, ServiceSpec, dry_runner, run
 from mlxd.service.launchd import Launchd
 from mlxd.service.systemd import Systemd
@@ -47,7 +47,6 @@ PLATFORMS = ("launchd", "systemd")
 PASSTHROUGH_ENV = ("HF_HOME", "XDG_CACHE_HOME", "MLXD_MODEL", "MLXD_CACHE_DIR", "HF_HUB_OFFLINE")
 PATH_LIKE_ENV = frozenset({"HF_HOME", "XDG_CACHE_HOME", "MLXD_CACHE_DIR"})
 FALLBACK_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 PATH_OPTIONS = frozenset({"token_file", "tls_cert", "tls_key"})
 TOKEN_FILE = Path(".config") / "mlxd" / "token"
 HEALTH_TIMEOUT_S = 2.0
@@ -247,7 +246,7 @@ def install(args: argparse.Namespace, backend: Backend, dry_run: bool) -> int:
     _prepare_token(args, dry_run)
     _check_startup(args, dry_run)
     spec = build_spec(args)
-    if spec.host not in LOOPBACK:
+    if not is_loopback(spec.host):
         print(f"warning: the service will listen on {spec.host}, reachable from other machines; "
               "the default 127.0.0.1 keeps it local", file=sys.stderr)
     rc = backend.install(spec)

@@ -123,8 +123,8 @@ class Engine:
     def _run(self) -> None:
         if not self._load():
             while (job := self.queue.take()) is not None:
-                self._finish(job, ErrorReport(errors.MODEL_UNAVAILABLE, f"the model failed to load: {self.error}",
-                                              job.request_id, job.input_type))
+                refusal = errors.model_unavailable(self.error, job.request_id)
+                self._finish(job, ErrorReport(refusal.code, refusal.message, job.request_id, job.input_type))
             return
         self._batch = self.model.batch(self.settings.batch_size)
         while self._take_work():
@@ -207,8 +207,7 @@ class Engine:
         if job.image_data is None:
             return []
         if "image" not in self.model.modalities:
-            raise ClientError(errors.MODEL_TEXT_ONLY, f"the model {self.choice.name} is text-only: it cannot take "
-                              "images or frames", job.request_id)
+            raise errors.model_text_only(self.choice.name, job.request_id)
         settings = self.settings
         data, job.image_data = job.image_data, None
         return [decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,

@@ -24,3 +24,11 @@ class ClientError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+def model_text_only(model: str, request_id: str | None) -> ClientError:
+    return ClientError(MODEL_TEXT_ONLY, f"the model {model} is text-only: it cannot take images or frames", request_id)
+
+
+def model_unavailable(error: str | None, request_id: str | None) -> ClientError:
+    return ClientError(MODEL_UNAVAILABLE, f"the model failed to load: {error}", request_id)

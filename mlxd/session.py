@@ -158,8 +158,7 @@ class Session:
     def _accept(self, message: TextInput | ImageInput) -> None:
         status = self.engine_status()
         if status["state"] == "failed":
-            raise ClientError(errors.MODEL_UNAVAILABLE, f"the model failed to load: {status['error']}",
-                              message.request_id)
+            raise errors.model_unavailable(status["error"], message.request_id)
         if isinstance(message, TextInput):
             job = self._job(message.request_id, "text", False, message.content, message.context, None,
                             self.config.max_tokens)
@@ -168,8 +167,7 @@ class Session:
         if message.is_frame:
             self._frame_received()
         if status["state"] == "ready" and "image" not in status["modalities"]:
-            raise ClientError(errors.MODEL_TEXT_ONLY, f"the model {status['model']} is text-only: it cannot "
-                              "take images or frames", message.request_id)
+            raise errors.model_text_only(status["model"], message.request_id)
         check_encoded_size(message.data, self.settings.max_image_bytes, message.request_id)
         job = self._job(message.request_id, "image", message.is_frame, message.prompt, None, message.data,
                         self.config.max_tokens_image)

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess
-from tests.tiny_models import build_text_model, build_vision_model
+from mlxd.blas import use_fast_blas
+
+use_fast_blas()  # before MLX is imported: in-process reference runs must do the server's arithmetic
+
+from tests.helpers import ServerProcess  # noqa: E402
+from tests.tiny_models import build_text_model, build_vision_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from mlxd.settings import Settings, add_serve_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mlxd.access import StartupError, check_exposure, check_tls, resolve_token
+    from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token
 
     settings = Settings.from_args(args)
     try:
@@ -22,11 +22,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mlxd serve: {exc}", file=sys.stderr)
         return 2
 
-    from mlxd.blas import use_fast_blas
+    from mlxd.engine.blas import use_fast_blas
 
     blas = use_fast_blas()
     from mlxd.logs import configure_logging
-    from mlxd.server import serve
+    from mlxd.server.serve import serve
 
     configure_logging(settings.log_level, settings.log_format)
     return serve(settings, token, blas)

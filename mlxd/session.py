@@ -37,7 +37,7 @@ from mlxd.events import (
 from mlxd.generation import GenerationConfig
 from mlxd.media import check_encoded_size
 from mlxd.metrics import Metrics
-from mlxd.protocol import Cancel, ClientMessage, ConfigUpdate, GetStatus, ImageInput, Reset, TextInput
+from mlxd.protocols.mlxws import Cancel, ClientMessage, ConfigUpdate, GetStatus, ImageInput, Reset, TextInput
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
 

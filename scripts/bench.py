@@ -32,7 +32,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mlxd.blas import use_fast_blas
+from mlxd.engine.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
@@ -88,9 +88,9 @@ def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
 
 
 def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
+    from mlxd.engine.model_choice import resolve
+    from mlxd.engine.models import load_model, local_path
     from mlxd.generation import GenerationConfig
-    from mlxd.model_choice import resolve
-    from mlxd.models import load_model, local_path
 
     model = load_model(model_name, local_path(resolve(model_name)))
     config = GenerationConfig(temperature=0.0, max_tokens=max_tokens)

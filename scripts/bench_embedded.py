@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlxd.blas import use_fast_blas
+from mlxd.engine.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # as `mlxd serve` does; MLXD_BLAS=reference measures MLX's own BLAS
 
@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx_lm
 from mlx_lm.sample_utils import make_sampler
 
-from mlxd import embedded
+from mlxd.engine import embedded
 
 QUESTION = "What is the capital of France?"  # short answer: checks correctness and times the first token
 STORY = "Write a short story about a robot who learns to paint."  # long answer: times decoding

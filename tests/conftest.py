@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxd.blas import use_fast_blas
+from mlxd.engine.blas import use_fast_blas
 
 use_fast_blas()  # before MLX is imported: in-process reference runs must do the server's arithmetic
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from mlxd.access import Access, host_is_loopback
+from mlxd.server.access import Access, host_is_loopback
 from mlxd.service import probe_health
 from mlxd.settings import Settings
 from tests.helpers import REPO, receive, run_request, send

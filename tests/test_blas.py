@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from mlxd.blas import find_openblas
+from mlxd.engine.blas import find_openblas
 
 PROBE = """
 import numpy as np
-from mlxd.blas import use_fast_blas
+from mlxd.engine.blas import use_fast_blas
 path = use_fast_blas()
 import mlx.core as mx
 a = np.random.default_rng(0).standard_normal((64, 96), dtype=np.float32)

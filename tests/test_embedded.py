@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxd import embedded
+from mlxd.engine import embedded
 
 FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
          "tokenizer_config.json", "chat_template.jinja", embedded.MARKER}

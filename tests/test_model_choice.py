@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxd import embedded, model_choice
-from mlxd.model_choice import DEFAULT_GPU_MODEL, ModelChoice, choose_model, resolve
+from mlxd.engine import embedded, model_choice
+from mlxd.engine.model_choice import DEFAULT_GPU_MODEL, ModelChoice, choose_model, resolve
 
 
 def cpu() -> None:

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from mlxd import errors, protocol
+from mlxd import errors
 from mlxd.errors import ClientError
 from mlxd.events import (
     ConfigUpdated,
@@ -20,6 +20,7 @@ from mlxd.events import (
     TokenText,
 )
 from mlxd.generation import GenerationConfig
+from mlxd.protocols import mlxws as protocol
 
 LIMIT = 1000
 

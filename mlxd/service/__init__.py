@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import mlxd
-from mlxd.access import StartupError, check_exposure, check_tls, create_token_file, is_loopback, resolve_token
+from mlxd.server.access import StartupError, check_exposure, check_tls, create_token_file, is_loopback, resolve_token
 from mlxd.service.base import Context, Runner, ServiceError, ServiceSpec, dry_runner, run
 from mlxd.service.launchd import Launchd
 from mlxd.service.systemd import Systemd

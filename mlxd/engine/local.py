@@ -2,7 +2,7 @@
 
 MLX streams are thread-local, so the thread that loads the model must run every generation. The engine
 takes work from the WorkQueue, decodes the image of the work it chose (a dropped frame is never decoded) and
-generates. Requests of different sessions are decoded together (continuous batching, mlxd/batching.py):
+generates. Requests of different sessions are decoded together (continuous batching, batching.py):
 they join the batch and leave it between steps. What a batch cannot take (a vision request whose sampling
 differs from the running batch's, or that continues a conversation) is generated alone, the batch waiting
 meanwhile. Events go back through each job's `emit`, which never blocks: a slow client only slows itself.
@@ -20,14 +20,14 @@ import structlog
 from PIL import Image
 
 from mlxd import errors
-from mlxd.batching import TextBatch, VisionBatch
-from mlxd.conversation import Conversation
+from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
+from mlxd.engine.conversation import Conversation
+from mlxd.engine.model_choice import ModelChoice, resolve
+from mlxd.engine.models import Chunk, LoadedModel, VisionModel, load_model, local_path
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
 from mlxd.metrics import Metrics
-from mlxd.model_choice import ModelChoice, resolve
-from mlxd.models import Chunk, LoadedModel, VisionModel, load_model, local_path
 from mlxd.scheduler import Job, WorkQueue
 from mlxd.settings import Settings
 
@@ -126,7 +126,7 @@ class Engine:
                 refusal = errors.model_unavailable(self.error, job.request_id)
                 self._finish(job, ErrorReport(refusal.code, refusal.message, job.request_id, job.input_type))
             return
-        self._batch = self.model.batch(self.settings.batch_size)
+        self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
         while self._take_work():
             while self._forgotten:
                 self._conversations.pop(self._forgotten.popleft(), None)
@@ -231,7 +231,7 @@ class Engine:
                 self._finish(response.job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                                        response.job.request_id, response.job.input_type))
             self._running.clear()
-            self._batch = self.model.batch(self.settings.batch_size)  # type: ignore[union-attr]
+            self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
             return
         now = time.monotonic()
         for uid, chunk in results:

@@ -17,8 +17,8 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from mlxd.app import Server, create_app
-from mlxd.model_choice import choose_model
+from mlxd.engine.model_choice import choose_model
+from mlxd.server.app import Server, create_app
 from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.server")

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from mlxd import protocol
 from mlxd.errors import ClientError
-from mlxd.ratelimit import TokenBucket
+from mlxd.protocols import mlxws as protocol
+from mlxd.server.ratelimit import TokenBucket
 from mlxd.session import Session
 
-log = structlog.get_logger("mlxd.connection")
+log = structlog.get_logger("mlxd.server.connection")
 
 GOING_AWAY = 1001
 CLOSE_TIMEOUT_SECONDS = 1.0

@@ -2,7 +2,7 @@
 
 Vision-language models (a `vision_config` in config.json) load with mlx_vlm, text-only ones with mlx_lm.
 Both offer `generate`, one request alone, which yields `Chunk`s ending with exactly one whose
-`finish_reason` is set, and `batch`, continuous batching across requests (mlxd/batching.py). Prompts are
+`finish_reason` is set; continuous batching across requests is built on them in batching.py. Prompts are
 built with the model's chat template. Every call here must run on the engine's thread: MLX streams are
 thread-local.
 """
@@ -13,15 +13,12 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
-from mlxd.conversation import Conversation, common_prefix, trim_cache
+from mlxd.engine.conversation import Conversation, common_prefix, trim_cache
 from mlxd.generation import GenerationConfig
-
-if TYPE_CHECKING:
-    from mlxd.batching import TextBatch, VisionBatch
 
 T = TypeVar("T")
 
@@ -41,8 +38,6 @@ class LoadedModel(Protocol):
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
                  config: GenerationConfig) -> Iterator[Chunk]: ...
-
-    def batch(self, capacity: int) -> TextBatch | VisionBatch: ...
 
 
 def _messages(question: str | dict[str, Any], context: str | None, system_role: bool,
@@ -106,11 +101,6 @@ class TextModel:
             return self.tokenizer.encode("\n\n".join(lines))
         return _render(lambda messages: self.tokenizer.apply_chat_template(messages, add_generation_prompt=True),
                        prompt, context, turns)
-
-    def batch(self, capacity: int) -> TextBatch:
-        from mlxd.batching import TextBatch
-
-        return TextBatch(self, capacity)
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
                  config: GenerationConfig) -> Iterator[Chunk]:
@@ -190,11 +180,6 @@ class VisionModel:
                                                      mask=inputs.get("attention_mask"), **extra)
         kwargs = {**extra, **{k: v for k, v in embeddings.to_dict().items() if v is not None}}
         return inputs["input_ids"].squeeze(0).tolist(), kwargs
-
-    def batch(self, capacity: int) -> VisionBatch:
-        from mlxd.batching import VisionBatch
-
-        return VisionBatch(self, capacity)
 
     def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
                  config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:

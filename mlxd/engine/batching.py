@@ -14,9 +14,9 @@ from typing import Any
 
 from PIL import Image
 
-from mlxd.conversation import Conversation
+from mlxd.engine.conversation import Conversation
+from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling, user_turn
 from mlxd.generation import GenerationConfig
-from mlxd.models import Chunk, TextModel, VisionModel, sampling, user_turn
 
 
 @dataclass
@@ -143,3 +143,8 @@ class VisionBatch(_Batch):
     def remove(self, uid: int) -> None:
         self._generator.remove(uid)
         self._streams.pop(uid, None)
+
+
+def batch_for(model: TextModel | VisionModel, capacity: int) -> TextBatch | VisionBatch:
+    """The batch that serves this kind of model."""
+    return VisionBatch(model, capacity) if isinstance(model, VisionModel) else TextBatch(model, capacity)

@@ -22,17 +22,17 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
-from mlxd.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
-from mlxd.connection import Connection
-from mlxd.engine import READY, Engine
-from mlxd.loop_lag import watch_loop_lag
+from mlxd.engine.local import READY, Engine
+from mlxd.engine.model_choice import ModelChoice
 from mlxd.metrics import Metrics
-from mlxd.model_choice import ModelChoice
 from mlxd.scheduler import WorkQueue
+from mlxd.server.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
+from mlxd.server.connection import Connection
+from mlxd.server.loop_lag import watch_loop_lag
 from mlxd.session import Outbox, Session
 from mlxd.settings import Settings
 
-log = structlog.get_logger("mlxd.app")
+log = structlog.get_logger("mlxd.server.app")
 
 TRY_AGAIN_LATER = 1013
 

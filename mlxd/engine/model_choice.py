@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mlxd import embedded
+from mlxd.engine import embedded
 
 DEFAULT_GPU_MODEL = "mlx-community/gemma-3-4b-it-4bit"
 ENV_VAR = "MLXD_MODEL"

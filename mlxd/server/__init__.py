@@ -1,0 +1,1 @@
+"""The network side: the Starlette app, uvicorn, connections, access control and limits."""

@@ -31,6 +31,9 @@ class Settings:
     max_pending: int = 16
     batch_size: int = 8
     context_tokens: int = 4096
+    prefix_cache_bytes: int = 256 * 1024 * 1024
+    prefix_cache_entries: int = 32
+    vision_cache_size: int = 32
     allow_origins: tuple[str, ...] = ()
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
@@ -56,6 +59,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
     return value
 
 
@@ -108,6 +118,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=positive_int, default=d.context_tokens,
                         help="token budget of a conversation with history on; older turns are dropped "
                              "past it (default: %(default)s)")
+    parser.add_argument("--prefix-cache-bytes", type=non_negative_int, default=d.prefix_cache_bytes,
+                        help="bytes of KV cache kept for prompt prefixes shared across sessions (system prompts, "
+                        "chat-template preambles, frame prompts); 0 turns it off (default: %(default)s)")
+    parser.add_argument("--prefix-cache-entries", type=positive_int, default=d.prefix_cache_entries,
+                        help="prompt prefixes kept at most in that cache (default: %(default)s)")
+    parser.add_argument("--vision-cache-size", type=non_negative_int, default=d.vision_cache_size,
+                        help="images whose vision features are kept, by pixel content, so that an image sent "
+                        "again skips the vision tower; 0 turns it off (default: %(default)s)")
     _add_access_arguments(parser, d)
     _add_connection_arguments(parser, d)
 

@@ -9,11 +9,14 @@ Sections (all by default, or pick with --only):
             (the whole conversation prefilled again)
   frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+  peers     mlxd against mlx_lm.server (text) and mlx_vlm.server (vision) on the same model folder and BLAS,
+            interleaved rounds, and against itself with the prefix cache off (scripts/peers.py says how)
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
     python scripts/bench.py                       # tiny random-weight models built on the fly
-    python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single`
+    python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single` and `peers`
+    python scripts/bench.py --only peers --model smollm2-135m
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +44,7 @@ from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames")
+SECTIONS = ("single", "batching", "history", "frames", "peers")
 
 
 def median(values: list[float]) -> float:
@@ -272,12 +276,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frame-tokens", type=int, default=16)
     parser.add_argument("--wire-frames", type=int, default=100)
+    parser.add_argument("--peer-rounds", type=int, default=3, help="counted rounds of `peers` (after one warm-up)")
+    parser.add_argument("--peer-tokens", type=int, nargs="+", default=[64, 256], help="tokens per answer in `peers`")
+    parser.add_argument("--peer-fps", type=float, default=2.0, help="frames per second per client in `peers`")
     args = parser.parse_args()
     sections = args.only or SECTIONS
     print(f"BLAS: {BLAS or 'mlx default'}")
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         tiny_text = str(build_text_model(scratch / "tiny-llama"))
+        vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
         if "single" in sections:
             single(args.model or tiny_text, scratch, args.max_tokens, args.runs)
         if "batching" in sections:
@@ -285,8 +293,14 @@ def main() -> None:
         if "history" in sections:
             history(tiny_text, scratch, args.runs)
         if "frames" in sections:
-            vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
             frames(vision, scratch, args.fps, args.seconds, args.frame_tokens, args.wire_frames)
+        if "peers" in sections:
+            from scripts.peers import text_peers, vision_peers
+
+            print(f"load before `peers`: {os.getloadavg()}")
+            text_peers(args.model or tiny_text, scratch, BLAS, args.peer_rounds, tuple(args.peer_tokens))
+            vision_peers(vision, scratch, BLAS, args.peer_rounds, args.peer_tokens[0], args.peer_fps, args.seconds)
+            print(f"load after `peers`: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

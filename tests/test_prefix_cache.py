@@ -35,10 +35,10 @@ def test_a_shared_prefix_is_served_from_the_cache_and_answers_as_a_cold_run(tiny
     first, second = system + tokenizer.encode(" Tell me a story"), system + tokenizer.encode(" Count to ten")
     cache = PrefixCache(max_bytes=1 << 30)
     cache.store(first, prefilled(model, first))
-    hit = cache.fetch(second)
-    assert hit.tokens >= len(system) - 1 and hit.tokens < len(second)
-    assert greedy(model, tokenizer, second, hit.cache, hit.tokens) == greedy(model, tokenizer, second)
-    assert cache.stats() | {"bytes": 0} == {"hits": 1, "misses": 0, "tokens_saved": hit.tokens, "bytes": 0,
+    copy, shared = cache.fetch(second)
+    assert len(system) - 1 <= shared < len(second)
+    assert greedy(model, tokenizer, second, copy, shared) == greedy(model, tokenizer, second)
+    assert cache.stats() | {"bytes": 0} == {"hits": 1, "misses": 0, "tokens_saved": shared, "bytes": 0,
                                             "entries": 1}
 
 
@@ -51,8 +51,8 @@ def test_what_a_request_writes_into_its_copy_never_reaches_the_entry(tiny):
     before = [mx.array(layer.keys) for layer in entry.cache]
     reference = greedy(model, tokenizer, [*ids[:-3], 5, 6, 7])
     for _ in range(3):
-        hit = cache.fetch([*ids[:-3], 5, 6, 7])
-        assert greedy(model, tokenizer, [*ids[:-3], 5, 6, 7], hit.cache, hit.tokens) == reference
+        copy, shared = cache.fetch([*ids[:-3], 5, 6, 7])
+        assert greedy(model, tokenizer, [*ids[:-3], 5, 6, 7], copy, shared) == reference
     assert all(mx.array_equal(old, layer.keys).item() for old, layer in zip(before, entry.cache, strict=True))
     assert entry.cache[0].offset == len(ids)
 
@@ -62,8 +62,8 @@ def test_nothing_is_shared_when_the_first_tokens_differ_and_one_token_is_always_
     ids = tokenizer.encode("An opening line")
     cache = PrefixCache(max_bytes=1 << 30)
     cache.store(ids, prefilled(model, ids))
-    assert cache.fetch([ids[0] + 1, *ids[1:]]).cache is None
-    assert cache.fetch(ids).tokens == len(ids) - 1
+    assert cache.fetch([ids[0] + 1, *ids[1:]])[0] is None
+    assert cache.fetch(ids)[1] == len(ids) - 1
     assert (cache.hits, cache.misses) == (1, 1)
 
 
@@ -77,10 +77,10 @@ def test_eviction_keeps_held_bytes_and_entries_under_their_bounds_least_recently
     for ids in prompts[:3]:
         bounded.store(ids, prefilled(model, ids))
     assert len(bounded) == 2 and bounded.nbytes <= bounded.max_bytes
-    assert bounded.fetch(prompts[0] + [9]).tokens < len(prompts[0]), "the oldest entry went first"
-    assert bounded.fetch(prompts[1] + [9]).tokens == len(prompts[1])
+    assert bounded.fetch(prompts[0] + [9])[1] < len(prompts[0]), "the oldest entry went first"
+    assert bounded.fetch(prompts[1] + [9])[1] == len(prompts[1])
     bounded.store(prompts[3], prefilled(model, prompts[3]))
-    assert bounded.fetch(prompts[1] + [9]).tokens == len(prompts[1]), "a hit makes an entry recent"
+    assert bounded.fetch(prompts[1] + [9])[1] == len(prompts[1]), "a hit makes an entry recent"
     counted = PrefixCache(max_bytes=1 << 30, max_entries=3)
     for ids in prompts:
         counted.store(ids, prefilled(model, ids))
@@ -96,7 +96,7 @@ def test_a_longer_entry_replaces_its_prefixes_and_a_prefix_of_an_entry_adds_noth
     cache.store(long, prefilled(model, long))
     assert len(cache) == 1
     cache.store(short, prefilled(model, short))
-    assert len(cache) == 1 and cache.fetch([*short, 3]).tokens == len(short)
+    assert len(cache) == 1 and cache.fetch([*short, 3])[1] == len(short)
 
 
 def test_an_entry_held_past_its_bound_or_a_cache_switched_off_holds_nothing(tiny):
@@ -104,7 +104,7 @@ def test_an_entry_held_past_its_bound_or_a_cache_switched_off_holds_nothing(tiny
     ids = tokenizer.encode("Some prompt")
     for cache in (PrefixCache(max_bytes=16), PrefixCache(max_bytes=0)):
         cache.store(ids, prefilled(model, ids))
-        assert len(cache) == 0 and cache.nbytes == 0 and cache.fetch(ids).cache is None
+        assert len(cache) == 0 and cache.nbytes == 0 and cache.fetch(ids)[0] is None
 
 
 def test_image_positions_are_keyed_by_their_pixels():

@@ -1,7 +1,8 @@
 """Continuous batching: requests of different sessions decoded together, joining and leaving between steps.
 
 Text models use mlx-lm's BatchGenerator: every request brings its own sampler and logits processors, and
-with a conversation the KV cache of its earlier turns, so only the new tokens are prefilled. Vision models
+the KV cache of the longest prefix already computed (its conversation's earlier turns, else what the shared
+prefix cache holds), so only the rest is prefilled; a finished request leaves its cache to both. Vision models
 use mlx-vlm's BatchGenerator with per-request input embeddings (the image features merged into the prompt);
 its sampler is shared by the batch, so a request whose sampling differs from the running batch's, or that
 continues a conversation, is served alone instead (`accepts` says which). Must run on the engine's thread.
@@ -18,6 +19,7 @@ from PIL import Image
 from mlxd.dialogue import Message
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling
+from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.generation import GenerationConfig
 
 
@@ -70,11 +72,12 @@ class _Batch:
 
 
 class TextBatch(_Batch):
-    def __init__(self, model: TextModel, capacity: int) -> None:
+    def __init__(self, model: TextModel, capacity: int, prefix_cache: PrefixCache) -> None:
         from mlx_lm.generate import BatchGenerator
 
         super().__init__(capacity)
         self.model = model
+        self.prefix_cache = prefix_cache
         self._generator = BatchGenerator(model.model, stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
                                          completion_batch_size=capacity, prefill_batch_size=capacity)
 
@@ -85,10 +88,12 @@ class TextBatch(_Batch):
             max_tokens: int, config: GenerationConfig, conversation: Conversation | None) -> int:
         ids = self.model.prompt_ids(messages, instructions)
         cache, cached_tokens = conversation.reuse(ids) if conversation else (None, 0)
+        if cache is None:
+            cache, cached_tokens = self.prefix_cache.fetch(ids)
         chosen = sampling(config)
         [uid] = self._generator.insert([ids[cached_tokens:]], max_tokens=[max_tokens],
-                                       caches=None if cache is None else [cache], samplers=[chosen["sampler"]],
-                                       logits_processors=[chosen["logits_processors"]])
+                                       caches=None if cache is None else [cache], all_tokens=[ids[:cached_tokens]],
+                                       samplers=[chosen["sampler"]], logits_processors=[chosen["logits_processors"]])
         self._streams[uid] = _Stream(self.model.tokenizer.detokenizer, len(ids), list(ids), cached_tokens,
                                      conversation)
         return uid
@@ -98,6 +103,7 @@ class TextBatch(_Batch):
         self._streams.pop(uid, None)
 
     def _finished(self, stream: _Stream, response: Any) -> None:
+        self.prefix_cache.store(stream.tokens, response.prompt_cache)
         if stream.conversation is not None:
             stream.conversation.remember(response.prompt_cache, stream.tokens)
 
@@ -140,6 +146,8 @@ class VisionBatch(_Batch):
         self._streams.pop(uid, None)
 
 
-def batch_for(model: TextModel | VisionModel, capacity: int) -> TextBatch | VisionBatch:
+def batch_for(model: TextModel | VisionModel, capacity: int, prefix_cache: PrefixCache) -> TextBatch | VisionBatch:
     """The batch that serves this kind of model."""
-    return VisionBatch(model, capacity) if isinstance(model, VisionModel) else TextBatch(model, capacity)
+    if isinstance(model, VisionModel):
+        return VisionBatch(model, capacity)
+    return TextBatch(model, capacity, prefix_cache)

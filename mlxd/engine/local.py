@@ -25,7 +25,9 @@ from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.model_choice import ModelChoice, resolve
 from mlxd.engine.models import Chunk, LoadedModel, VisionModel, load_model, local_path
+from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.prompts import images_of, within_budget
+from mlxd.engine.vision_cache import VisionFeatureCache
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
@@ -90,6 +92,11 @@ class Engine:
         self._conversations: dict[str, Conversation] = {}
         self._forgotten: deque[str] = deque()
         self._decoded: OrderedDict[str | bytes, Image.Image] = OrderedDict()
+        self.prefix_cache = PrefixCache(settings.prefix_cache_bytes, settings.prefix_cache_entries)
+        self.vision_cache = VisionFeatureCache(settings.vision_cache_size)
+        metrics.watch_cache("prefix_cache", "KV caches of prompt prefixes shared across sessions",
+                            self.prefix_cache.stats)
+        metrics.watch_cache("vision_cache", "Vision-tower outputs kept by image content", self.vision_cache.stats)
 
     @property
     def modalities(self) -> tuple[str, ...] | None:
@@ -131,7 +138,7 @@ class Engine:
                 refusal = errors.model_unavailable(self.error, job.request_id)
                 self._finish(job, ErrorReport(refusal.code, refusal.message, job.request_id, job.input_type))
             return
-        self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
+        self._batch = batch_for(self.model, self.settings.batch_size, self.prefix_cache)  # type: ignore[arg-type]
         while self._take_work():
             while self._forgotten:
                 self._conversations.pop(self._forgotten.popleft(), None)
@@ -148,6 +155,8 @@ class Engine:
             self.state, self.error = FAILED, f"{type(exc).__name__}: {exc}"
             log.error("model_load_failed", model=self.choice.name, error=self.error)
             return False
+        if isinstance(self.model, VisionModel):
+            self.vision_cache.install(self.model.model)
         self.load_seconds = round(time.perf_counter() - started, 3)
         self.state = READY
         modalities = list(self.model.modalities)
@@ -265,7 +274,7 @@ class Engine:
                 self._finish(response.job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                                        response.job.request_id, response.job.input_type))
             self._running.clear()
-            self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
+            self._batch = batch_for(self.model, self.settings.batch_size, self.prefix_cache)  # type: ignore[arg-type]
             return
         now = time.monotonic()
         for uid, chunk in results:

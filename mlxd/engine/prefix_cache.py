@@ -32,17 +32,6 @@ class _Entry:
     trimmable: bool
 
 
-@dataclass(frozen=True)
-class Hit:
-    """A private cache holding the first `tokens` of the request's key (None and 0: prefill it all)."""
-
-    cache: list[Any] | None
-    tokens: int
-
-
-MISS = Hit(None, 0)
-
-
 class PrefixCache:
     def __init__(self, max_bytes: int, max_entries: int = 64) -> None:
         self.max_bytes = max_bytes
@@ -62,10 +51,11 @@ class PrefixCache:
         return {"hits": self.hits, "misses": self.misses, "tokens_saved": self.tokens_saved,
                 "bytes": self.nbytes, "entries": len(self._entries)}
 
-    def fetch(self, key: Sequence[int]) -> Hit:
-        """A copy of the longest held prefix of `key`, trimmed to it; at least one token is left to feed."""
+    def fetch(self, key: Sequence[int]) -> tuple[list[Any] | None, int]:
+        """A private cache holding the longest held prefix of `key`, and that prefix's length (None and 0: prefill
+        it all); at least one token is left to feed."""
         if not self.enabled:
-            return MISS
+            return None, 0
         wanted = np.asarray(key, dtype=np.int64)
         best, best_tokens = None, 0
         for name, entry in self._entries.items():
@@ -77,12 +67,12 @@ class PrefixCache:
                 best, best_tokens = name, usable
         if best is None or best_tokens == 0:
             self.misses += 1
-            return MISS
+            return None, 0
         self._entries.move_to_end(best)
         entry = self._entries[best]
         self.hits += 1
         self.tokens_saved += best_tokens
-        return Hit(private_copy(entry.cache, len(entry.key), best_tokens), best_tokens)
+        return private_copy(entry.cache, len(entry.key), best_tokens), best_tokens
 
     def store(self, key: Sequence[int], cache: list[Any]) -> None:
         """Keep a compact copy of `cache`, which holds exactly the tokens of `key`. An entry that is a prefix

@@ -20,6 +20,7 @@ from mlxd.dialogue import Message
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling
 from mlxd.engine.prefix_cache import PrefixCache
+from mlxd.engine.vision_cache import VisionFeatureCache
 from mlxd.generation import GenerationConfig
 
 
@@ -109,9 +110,10 @@ class TextBatch(_Batch):
 
 
 class VisionBatch(_Batch):
-    def __init__(self, model: VisionModel, capacity: int) -> None:
+    def __init__(self, model: VisionModel, capacity: int, vision_cache: VisionFeatureCache) -> None:
         super().__init__(capacity)
         self.model = model
+        self.vision_cache = vision_cache
         self._sampling_key: tuple[float, float, int] | None = None
 
     @staticmethod
@@ -135,7 +137,8 @@ class VisionBatch(_Batch):
                                              greedy_sampling=config.temperature == 0,
                                              completion_batch_size=self.capacity, prefill_batch_size=1)
             self._sampling_key = self._key(config)
-        ids, prompt_kwargs = self.model.embed(messages, instructions, images)
+        ids, prompt_kwargs = self.vision_cache.embedded(messages, instructions, images,
+                                                        lambda: self.model.embed(messages, instructions, images))
         [uid] = self._generator.insert([ids], max_tokens=max_tokens, prompt_kwargs=[prompt_kwargs],
                                        logits_processors=[chosen["logits_processors"]])
         self._streams[uid] = _Stream(make_streaming_detokenizer(self.model.processor), len(ids), list(ids))
@@ -146,8 +149,9 @@ class VisionBatch(_Batch):
         self._streams.pop(uid, None)
 
 
-def batch_for(model: TextModel | VisionModel, capacity: int, prefix_cache: PrefixCache) -> TextBatch | VisionBatch:
+def batch_for(model: TextModel | VisionModel, capacity: int, prefix_cache: PrefixCache,
+              vision_cache: VisionFeatureCache) -> TextBatch | VisionBatch:
     """The batch that serves this kind of model."""
     if isinstance(model, VisionModel):
-        return VisionBatch(model, capacity)
+        return VisionBatch(model, capacity, vision_cache)
     return TextBatch(model, capacity, prefix_cache)

@@ -138,12 +138,16 @@ class Engine:
                 refusal = errors.model_unavailable(self.error, job.request_id)
                 self._finish(job, ErrorReport(refusal.code, refusal.message, job.request_id, job.input_type))
             return
-        self._batch = batch_for(self.model, self.settings.batch_size, self.prefix_cache)  # type: ignore[arg-type]
+        self._batch = self._new_batch()
         while self._take_work():
             while self._forgotten:
                 self._conversations.pop(self._forgotten.popleft(), None)
             if self._running:
                 self._step()
+
+    def _new_batch(self) -> TextBatch | VisionBatch:
+        return batch_for(self.model, self.settings.batch_size, self.prefix_cache,  # type: ignore[arg-type]
+                         self.vision_cache)
 
     def _load(self) -> bool:
         started = time.perf_counter()
@@ -274,7 +278,7 @@ class Engine:
                 self._finish(response.job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                                        response.job.request_id, response.job.input_type))
             self._running.clear()
-            self._batch = batch_for(self.model, self.settings.batch_size, self.prefix_cache)  # type: ignore[arg-type]
+            self._batch = self._new_batch()
             return
         now = time.monotonic()
         for uid, chunk in results:

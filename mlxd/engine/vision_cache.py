@@ -4,25 +4,36 @@ Screen sharing sends the same screen over and over, and a conversation shows its
 the vision tower is the costly part of an image on a real model. mlx-vlm's models run their tower as
 `self.vision_tower(pixels, ...)` inside `get_input_embeddings`, each with its own signature and output, so
 the cache wraps that module: its output is kept, keyed by a digest of every array and option it was called
-with, in an LRU of `size` calls. A model without a `vision_tower` runs as before. Engine thread only;
-`stats` may be read from any thread.
+with, in an LRU of `size` calls. A model without a `vision_tower` runs as before.
+
+An identical frame goes further: the same prompt with the same pixels has the same ids and input embeddings,
+so `embedded` keeps the last few whole, and such a frame skips the image processor as well. Engine thread
+only; `stats` may be read from any thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from PIL import Image
+
+from mlxd.dialogue import Message
+
+T = TypeVar("T")
+EMBEDDED_PROMPTS_KEPT = 8
 
 
 class VisionFeatureCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._outputs: OrderedDict[bytes, Any] = OrderedDict()
+        self._embedded: OrderedDict[Hashable, Any] = OrderedDict()
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -40,18 +51,32 @@ class VisionFeatureCache:
         return True
 
     def call(self, tower: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-        key = _digest(args, kwargs)
-        if key in self._outputs:
-            self._outputs.move_to_end(key)
+        def run() -> Any:
+            output = tower(*args, **kwargs)
+            mx.eval(output)
+            return output
+
+        return self._kept(self._outputs, _digest(args, kwargs), run, self.size)
+
+    def embedded(self, messages: Sequence[Message], instructions: str | None, images: Sequence[Image.Image],
+                 embed: Callable[[], T]) -> T:
+        """`embed()` (a prompt's ids and input embeddings), computed once for the same prompt and pixels."""
+        if self.size <= 0 or not images:
+            return embed()
+        key = (instructions, tuple((m.role, tuple((p.text, p.image is None) for p in m.parts)) for m in messages),
+               tuple(image_digest(image) for image in images))
+        return self._kept(self._embedded, key, embed, min(self.size, EMBEDDED_PROMPTS_KEPT))
+
+    def _kept(self, kept: OrderedDict[Any, Any], key: Hashable, compute: Callable[[], T], size: int) -> T:
+        if key in kept:
+            kept.move_to_end(key)
             self.hits += 1
-            return self._outputs[key]
+            return kept[key]
         self.misses += 1
-        output = tower(*args, **kwargs)
-        mx.eval(output)
-        self._outputs[key] = output
-        while len(self._outputs) > self.size:
-            self._outputs.popitem(last=False)
-        return output
+        kept[key] = value = compute()
+        while len(kept) > size:
+            kept.popitem(last=False)
+        return value
 
 
 class _CachedTower(nn.Module):
@@ -72,6 +97,12 @@ class _CachedTower(nn.Module):
         if tower is None:
             raise AttributeError(key)
         return getattr(tower, key)
+
+
+def image_digest(image: Image.Image) -> bytes:
+    digest = hashlib.blake2b(f"{image.mode}{image.size}".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return digest.digest()
 
 
 def _digest(args: tuple, kwargs: dict[str, Any]) -> bytes:

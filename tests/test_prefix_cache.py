@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from mlxd.engine.prefix_cache import PrefixCache, image_key
+from mlxd.engine.prefix_cache import PrefixCache, image_key, longest_shared_prefix
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,15 @@ def test_image_positions_are_keyed_by_their_pixels():
     assert same[:5] == other[:5] and same[5] != other[5]
     assert same[:2] == [1, 2] and all(value < 0 for value in same[2:4]) and same[2] == same[3]
     assert image_key(ids, 9, []) == ids and image_key([1, 2], 9, [b"x"]) == [1, 2]
+
+
+def test_the_longest_prefix_two_prompts_share_and_what_the_cache_would_serve_without_counting(tiny):
+    model, tokenizer = tiny
+    assert longest_shared_prefix([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 8], [7]]) == [1, 2, 3]
+    assert longest_shared_prefix([[1, 2], [3, 4]]) is None and longest_shared_prefix([[1, 2]]) is None
+    assert longest_shared_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2], "one token of each is left to feed"
+    ids = tokenizer.encode("A shared opening")
+    cache = PrefixCache(max_bytes=1 << 30)
+    cache.store(ids, prefilled(model, ids))
+    assert cache.held([*ids, 4, 5]) == len(ids) and cache.held([ids[0] + 1]) == 0
+    assert (cache.hits, cache.misses) == (0, 0)

@@ -108,3 +108,19 @@ def test_the_cache_switched_off_serves_everything_cold(start_server, tiny_text_m
     second = ask(server, QUESTIONS[1], 16)
     assert second["usage"]["cached_tokens"] == 0 and second["full_text"] == reference(QUESTIONS[1], 16)[0]
     assert value(scrape(server), "mlxd_prefix_cache_hits_total") == 0
+
+
+def test_sessions_sending_a_new_system_prompt_together_have_it_prefilled_once(start_server, tiny_text_model,
+                                                                              reference):
+    server = start_server(tiny_text_model)
+    system = "A brand new system prompt, sent to every session at the same moment. " * 4
+    expected = [reference(question, 16, system)[0] for question in QUESTIONS[:4]]
+    with server.connect() as busy:
+        send(busy, {"type": "config", "maxOutputTokens": 1})
+        receive(busy)
+        send(busy, {"type": "text_input", "content": "Keep the engine busy for a moment. " * 50, "id": "busy"})
+        answers = run_concurrently(lambda i, ready: ask(server, QUESTIONS[i], 16, system, ready), 4)
+        receive_until(busy, terminal_for("busy"))
+    assert [answer["full_text"] for answer in answers] == expected
+    assert all(answer["usage"]["cached_tokens"] >= reference.system_tokens(system) for answer in answers), \
+        [answer["usage"] for answer in answers]

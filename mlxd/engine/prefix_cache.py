@@ -54,6 +54,22 @@ class PrefixCache:
     def fetch(self, key: Sequence[int]) -> tuple[list[Any] | None, int]:
         """A private cache holding the longest held prefix of `key`, and that prefix's length (None and 0: prefill
         it all); at least one token is left to feed."""
+        best, best_tokens = self._best(key)
+        if best is None:
+            self.misses += 1
+            return None, 0
+        self._entries.move_to_end(best)
+        entry = self._entries[best]
+        self.hits += 1
+        self.tokens_saved += best_tokens
+        return private_copy(entry.cache, len(entry.key), best_tokens), best_tokens
+
+    def held(self, key: Sequence[int]) -> int:
+        """How many of `key`'s tokens `fetch` would serve (one is always left to feed); counts nothing."""
+        return self._best(key)[1]
+
+    def _best(self, key: Sequence[int]) -> tuple[bytes | None, int]:
+        """The entry serving the longest prefix of `key` (the shortest such entry: least to trim), and its length."""
         if not self.enabled:
             return None, 0
         wanted = np.asarray(key, dtype=np.int64)
@@ -65,14 +81,7 @@ class PrefixCache:
             if usable > best_tokens or (usable == best_tokens and best is not None
                                         and len(entry.key) < len(self._entries[best].key)):
                 best, best_tokens = name, usable
-        if best is None or best_tokens == 0:
-            self.misses += 1
-            return None, 0
-        self._entries.move_to_end(best)
-        entry = self._entries[best]
-        self.hits += 1
-        self.tokens_saved += best_tokens
-        return private_copy(entry.cache, len(entry.key), best_tokens), best_tokens
+        return (best, best_tokens) if best_tokens else (None, 0)
 
     def store(self, key: Sequence[int], cache: list[Any]) -> None:
         """Keep a compact copy of `cache`, which holds exactly the tokens of `key`. An entry that is a prefix
@@ -103,6 +112,18 @@ class PrefixCache:
 
     def _drop(self, name: bytes) -> None:
         self.nbytes -= self._entries.pop(name).nbytes
+
+
+def longest_shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int] | None:
+    """The longest prefix that two or more of `prompts` share, short of the whole of either (None: none)."""
+    arrays = [np.asarray(prompt, dtype=np.int64) for prompt in prompts]
+    best = 0, None
+    for i, first in enumerate(arrays):
+        for second in arrays[i + 1:]:
+            shared = min(_common_prefix(first, second), len(first) - 1, len(second) - 1)
+            if shared > best[0]:
+                best = shared, first
+    return None if best[1] is None else best[1][:best[0]].tolist()
 
 
 def image_key(ids: Sequence[int], image_token: int | None, digests: Sequence[bytes]) -> list[int]:

@@ -37,11 +37,13 @@ QUESTIONS = ["How does a pendulum keep time?", "What is an escapement?", "Who in
 FRAME_PROMPT = "Describe what changed on the screen."
 
 
-class PeerServer:
-    """`python -m mlx_lm.server` or `python -m mlx_vlm.server` on the model folder, on mlxd's BLAS."""
+class PeerServer(ServerProcess):
+    """`python -m mlx_lm.server` or `python -m mlx_vlm.server` on the model folder, on mlxd's BLAS: a child
+    process like mlxd's own (its log, `http`, `stop`), with its own command line and health check."""
 
     def __init__(self, module: str, model: Path, log_path: Path, blas: Path | None, *args: str) -> None:
         self.port = free_port()
+        self.log_path = log_path
         self.module = module
         self.model_field = {} if module == "mlx_lm.server" else {"model": str(model)}
         env = {**os.environ, **({"LD_PRELOAD": str(blas)} if blas else {})}
@@ -50,31 +52,18 @@ class PeerServer:
                         "--port", str(self.port), *args]
         self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.module} exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.http}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"{self.module} did not answer /health within {timeout} s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self._log.close()
 
 
 def data_uri(jpeg: bytes) -> str:
@@ -91,7 +80,7 @@ async def ask_peer(http: httpx.AsyncClient, peer: PeerServer, system: str | None
             "stream_options": {"include_usage": True}}
     sent = time.perf_counter()
     first, pieces, usage = None, 0, None
-    async with http.stream("POST", f"{peer.url}/v1/chat/completions", json=body, timeout=600) as response:
+    async with http.stream("POST", f"{peer.http}/v1/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -245,7 +234,7 @@ def _stop(targets: dict[str, object]) -> None:
 
 
 def _url(target: object) -> object:
-    return target.ws_url() if isinstance(target, ServerProcess) else target
+    return target if isinstance(target, PeerServer) else target.ws_url()
 
 
 def _interleaved(targets: dict[str, object], rounds: int, cases: list[tuple], run) -> dict:
@@ -267,9 +256,10 @@ def _print_rounds(figures: dict, peer: str, cases: list[tuple], rounds: int) -> 
           " and mlxd / mlxd without the prefix cache")
     print(f"  {'clients':>7} {'tokens':>6} {'server':>22} {'agg tok/s':>10} {'worst TTFT':>11} {'median TTFT':>12}")
     for case in cases:
+        clients = f"{case[2]} {case[0]}".strip()
         for name in (peer, "mlxd", "mlxd, no prefix cache"):
             f = figures[(name, *case)]
-            print(f"  {case[0]:>7} {case[1]:>6} {name:>22} {f['rate']:>10.1f} {1000 * f['worst']:>9.1f}ms "
+            print(f"  {clients:>7} {case[1]:>6} {name:>22} {f['rate']:>10.1f} {1000 * f['worst']:>9.1f}ms "
                   f"{1000 * f['median']:>10.1f}ms")
         ours, theirs, cold = figures[("mlxd", *case)], figures[(peer, *case)], figures[("mlxd, no prefix cache", *case)]
         print(f"  {'':>7} {'':>6} {'ratio vs peer':>22} {ours['rate'] / theirs['rate']:>10.2f} "
@@ -280,12 +270,17 @@ def _print_rounds(figures: dict, peer: str, cases: list[tuple], rounds: int) -> 
 
 def text_peers(model: str, scratch: Path, blas: Path | None, rounds: int, tokens: tuple[int, ...]) -> None:
     print(f"\n[peers: text] {model}, greedy, distinct questions under one shared system prompt "
-          f"({len(SYSTEM)} characters)")
+          f"({len(SYSTEM)} characters); 'new' rows: a system prompt no server has seen, new every round")
     targets = _targets("text", model, scratch, blas)
-    cases = [(clients, count) for count in tokens for clients in (1, 4, 8)]
+    cases = [(clients, count, "") for count in tokens for clients in (1, 4, 8)] + [(8, tokens[0], "new")]
+    fresh = iter(range(10**6))
+
+    def run(url: object, clients: int, count: int, new: str) -> object:
+        system = f"Visitor group {next(fresh)}. {SYSTEM}" if new else SYSTEM
+        return round_of(url, clients, count, system, False, None)
+
     try:
-        figures = _interleaved(targets, rounds, cases, lambda url, clients, count: round_of(
-            url, clients, count, SYSTEM, False, None))
+        figures = _interleaved(targets, rounds, cases, run)
     finally:
         _stop(targets)
     _print_rounds(figures, "mlx_lm.server", cases, rounds)
@@ -297,10 +292,10 @@ def vision_peers(model: str, scratch: Path, blas: Path | None, rounds: int, toke
           "(mlx_vlm.server 0.7.10 fails concurrent image requests whose prompts differ in length)")
     targets = _targets("vision", model, scratch, blas)
     image = frames_jpegs(1)[0]
-    cases = [(clients, tokens) for clients in (1, 4, 8)]
+    cases = [(clients, tokens, "") for clients in (1, 4, 8)]
     jpegs = frames_jpegs(int(fps * seconds))
     try:
-        figures = _interleaved(targets, rounds, cases, lambda url, clients, count: round_of(
+        figures = _interleaved(targets, rounds, cases, lambda url, clients, count, _: round_of(
             url, clients, count, None, True, image))
         stream = _interleaved(targets, rounds, [(8,)], lambda url, clients: frame_round(
             url, clients, jpegs, fps, tokens))

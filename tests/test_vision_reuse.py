@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import base64
 
-from tests.helpers import encoded_image, receive, run_request, scrape, send, value
+from tests.helpers import encoded_image, receive, run_concurrently, run_request, scrape, send, value
 
 
 def frame(color: tuple[int, int, int]) -> str:
     return "data:image/png;base64," + base64.b64encode(encoded_image(640, 480, "PNG", color)).decode()
 
 
-def answer(server, image: str, prompt: str = "What is on the screen?", kind: str = "image_input") -> dict:
+def answer(server, image: str, prompt: str = "What is on the screen?", kind: str = "image_input",
+           ready=None) -> dict:
     field = "image" if kind == "image_input" else "frame"
     with server.connect() as ws:
         send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})
         receive(ws)
+        if ready is not None:
+            ready.wait(timeout=30)
         done = run_request(ws, {"type": kind, field: image, "prompt": prompt, "id": "i"})[-1]
     assert done["type"] == "response_complete", done
     return done
@@ -46,3 +49,13 @@ def test_a_cache_switched_off_answers_the_same(start_server, tiny_vision_model):
         assert answer(cached, red)["full_text"] == answer(uncached, red)["full_text"]
     assert value(scrape(uncached), "mlxd_vision_cache_hits_total") == 0
     assert value(scrape(cached), "mlxd_vision_cache_hits_total") >= 1
+
+
+def test_sessions_sending_the_same_frame_at_once_share_its_features_and_answer_alike(start_server,
+                                                                                     tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    red = frame((200, 40, 40))
+    cold = answer(server, red, kind="video_frame")["full_text"]
+    together = run_concurrently(lambda i, ready: answer(server, red, kind="video_frame", ready=ready), 4)
+    assert [done["full_text"] for done in together] == [cold] * 4
+    assert value(scrape(server), "mlxd_vision_cache_hits_total") >= 4

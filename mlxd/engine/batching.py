@@ -119,7 +119,9 @@ class TextBatch(_Batch):
     def remove(self, key: int) -> None:
         if self._waiting.pop(key, None) is not None:
             return
-        uid = next(uid for uid, known in self._key_of.items() if known == key)
+        uid = next((uid for uid, known in self._key_of.items() if known == key), None)
+        if uid is None:
+            return
         self._generator.remove([uid])
         self._streams.pop(uid, None)
         del self._key_of[uid]

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+FLUSH_TIMEOUT_SECONDS = 5.0
 _TERMINAL = ("response_complete", "frame_dropped", "error")
 
 
@@ -144,13 +145,19 @@ class Client:
             raise ConnectError(self.url, str(exc)) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ConnectError(self.url, str(exc) or type(exc).__name__) from None
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._write())]
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._write())]  # reader first
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        """Send what is still queued (a last cancel), then close; pending replies fail with ClientError."""
+        if self._tasks:
+            flushed = asyncio.create_task(self._outgoing.join())
+            await asyncio.wait([flushed, self._tasks[0]], timeout=FLUSH_TIMEOUT_SECONDS,
+                               return_when=asyncio.FIRST_COMPLETED)  # the reader ends when the connection does
+            flushed.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -218,7 +225,11 @@ class Client:
         assert self._ws is not None
         with contextlib.suppress(ConnectionClosed):  # the reader sees the loss and fails the pending replies
             while True:
-                await self._ws.send(await self._outgoing.get())
+                message = await self._outgoing.get()
+                try:
+                    await self._ws.send(message)
+                finally:
+                    self._outgoing.task_done()
 
     async def _read(self) -> None:
         assert self._ws is not None

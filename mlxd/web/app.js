@@ -13,6 +13,7 @@ const page = {
   ws: null,
   stream: null,
   capturing: false,
+  starting: false,
   encoding: false,
   autostart: params.get("autostart") === "1",
   frameNumber: 0,
@@ -241,7 +242,7 @@ function pace() {
 }
 
 async function start() {
-  if (page.capturing) return;
+  if (page.capturing || page.starting) return;
   const source = $("source").value;
   const media = navigator.mediaDevices;
   if (!media) {
@@ -249,6 +250,7 @@ async function start() {
     return;
   }
   let stream;
+  page.starting = true; // asking for the camera takes a while: a second click must not open a second one
   try {
     stream = source === "screen"
       ? await media.getDisplayMedia({ video: true, audio: false })
@@ -256,6 +258,8 @@ async function start() {
   } catch (error) {
     showError("capture", `${source}: ${error.message || error.name}`);
     return;
+  } finally {
+    page.starting = false;
   }
   stream.source = source;
   page.stream = stream;

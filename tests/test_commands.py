@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxd.watch import timestamp
 from tests.helpers import REPO, encoded_image, free_port, image_b64, receive, run_request, send
 
 TOKEN = "cli-Token_0123456789"
@@ -227,3 +228,8 @@ def test_watch_exit_codes_when_unreachable_or_refused(text_server, tmp_path):
     refused = mlxd("watch", "--video", str(video), "--url", text_server.ws_url())
     assert refused.returncode == 1, refused.stderr
     assert "mlxd watch: model_text_only: " in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("seconds,shown", [(0, "00:00.0"), (1.5, "00:01.5"), (59.96, "01:00.0"), (754.3, "12:34.3")])
+def test_watch_positions_read_minutes_seconds_and_tenths(seconds, shown):
+    assert timestamp(seconds) == shown

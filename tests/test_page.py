@@ -16,6 +16,8 @@ import pytest
 from PIL import Image, ImageStat
 from playwright.sync_api import Page, sync_playwright
 
+from mlxd.server.serve import listening_message
+from mlxd.settings import Settings
 from tests.helpers import receive, send
 
 TOKEN = "page-Token_0123456789"
@@ -108,6 +110,16 @@ def wait_on_wire(page: Page, condition) -> None:
 def all_frames_ended(page: Page) -> None:
     wait_for(page, "(() => { const n = (id) => Number(document.getElementById(id).textContent);"
                    " return n('frames-sent') === n('frames-answered') + n('frames-dropped'); })()")
+
+
+@pytest.mark.parametrize("settings,port,page_url,ask", [
+    (Settings(), 8765, "http://127.0.0.1:8765/", "mlxd ask "),
+    (Settings(host="0.0.0.0"), 9000, "http://127.0.0.1:9000/", "mlxd ask --url ws://127.0.0.1:9000 "),
+    (Settings(host="::1", tls_cert="c.pem"), 8765, "https://[::1]:8765/", "mlxd ask --url wss://[::1]:8765 "),
+])
+def test_serve_says_where_the_page_is(settings, port, page_url, ask):
+    assert listening_message(settings, port).startswith(f"mlxd is listening: open {page_url} in a browser, "
+                                                        f"or run `{ask}")
 
 
 def test_the_page_is_served_unframable_without_a_token(start_server, tiny_text_model):

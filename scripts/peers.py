@@ -6,7 +6,9 @@ rounds of one run: N clients at once with distinct questions under one shared sy
 aggregate tokens/s over the round's wall time and worst/median time to first token (TTFT, from sending to
 the first text), then a frame stream (clients at 2 fps with one frame prompt; a peer gets each frame as a
 request, the newest waiting frame sent when the previous answer ends, which is what mlxd does server-side).
-The first round warms every server up (model load, prompt caches) and is not counted.
+The first round warms every server up (model load, prompt caches) and is not counted. mlxd is driven by
+`mlxd.client` (one session per client, kept open; images as binary messages), a peer by streamed chat
+completions over HTTP (images as data URIs), each the way its own clients talk to it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import time
 from pathlib import Path
 
 import httpx
-import websockets
 from PIL import Image
 
+from mlxd.client import Client, Response, Result
 from tests.helpers import REPO, ServerProcess, free_port
 
 SYSTEM = ("You are a meticulous assistant for a small museum of clocks and scientific instruments. "
@@ -95,36 +97,26 @@ async def ask_peer(http: httpx.AsyncClient, peer: PeerServer, system: str | None
     return (first or time.perf_counter()) - sent, tokens
 
 
-class MlxdSession:
-    """One mlxd WebSocket, configured once and kept open, as a client of a daemon does."""
+async def mlxd_client(url: str, max_tokens: int) -> Client:
+    """One mlxd session, configured once and kept open, as a client of a daemon does."""
+    client = await Client(url).__aenter__()
+    await client.configure(temperature=0, maxOutputTokens=max_tokens, max_tokens_image=max_tokens)
+    return client
 
-    def __init__(self, ws) -> None:
-        self.ws = ws
 
-    @classmethod
-    async def open(cls, url: str, max_tokens: int) -> MlxdSession:
-        ws = await websockets.connect(url, max_size=None)
-        await ws.send(json.dumps({"type": "config", "temperature": 0, "maxOutputTokens": max_tokens,
-                                  "max_tokens_image": max_tokens}))
-        await ws.recv()
-        return cls(ws)
+async def timed(reply: Response) -> tuple[float, Result]:
+    """Time from now to the first text of a reply, and its Result."""
+    sent, first = time.perf_counter(), None
+    async for _ in reply:
+        first = first or time.perf_counter()
+    result = await reply
+    return (first or time.perf_counter()) - sent, result
 
-    async def ask(self, system: str | None, question: str, image: bytes | None = None) -> tuple[float, int]:
-        message = ({"type": "text_input", "content": question} if image is None else
-                   {"type": "image_input", "image": data_uri(image), "prompt": question})
-        if system:
-            message["context"] = system
-        sent = time.perf_counter()
-        await self.ws.send(json.dumps({**message, "id": "q"}))
-        first = None
-        while True:
-            event = json.loads(await asyncio.wait_for(self.ws.recv(), 600))
-            if event["type"] == "token" and first is None:
-                first = time.perf_counter()
-            if event["type"] in ("response_complete", "error"):
-                if event["type"] == "error":
-                    raise RuntimeError(f"mlxd refused: {event}")
-                return (first or time.perf_counter()) - sent, event["usage"]["completion_tokens"]
+
+async def ask_mlxd(client: Client, system: str | None, question: str, image: bytes | None) -> tuple[float, int]:
+    reply = client.ask(question, system) if image is None else client.send_image(image, question)
+    ttft, result = await timed(reply)
+    return ttft, result.usage["completion_tokens"]
 
 
 async def round_of(target: object, clients: int, max_tokens: int, system: str | None, same_prompt: bool,
@@ -132,12 +124,13 @@ async def round_of(target: object, clients: int, max_tokens: int, system: str | 
     """`clients` requests at once against one server: aggregate tokens/s, worst and median TTFT."""
     questions = [QUESTIONS[0] if same_prompt else QUESTIONS[i % len(QUESTIONS)] for i in range(clients)]
     if isinstance(target, str):
-        sessions = [await MlxdSession.open(target, max_tokens) for _ in range(clients)]
+        sessions = [await mlxd_client(target, max_tokens) for _ in range(clients)]
         started = time.perf_counter()
-        results = await asyncio.gather(*(s.ask(system, q, image) for s, q in zip(sessions, questions, strict=True)))
+        results = await asyncio.gather(*(ask_mlxd(s, system, q, image) for s, q in zip(sessions, questions,
+                                                                                     strict=True)))
         elapsed = time.perf_counter() - started
         for session in sessions:
-            await session.ws.close()
+            await session.close()
     else:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients)) as http:
             started = time.perf_counter()
@@ -163,28 +156,20 @@ def frames_jpegs(count: int) -> list[bytes]:
 
 async def frame_client(target: object, jpegs: list[bytes], fps: float, max_tokens: int) -> list[float]:
     """Latency of each answered frame: from the moment it was captured to its last token."""
-    captured: list[float] = []
     latencies: list[float] = []
     if isinstance(target, str):
-        async with websockets.connect(target, max_size=None) as ws:
-            await ws.send(json.dumps({"type": "config", "max_tokens_image": max_tokens, "temperature": 0}))
-            await ws.recv()
+        client = await mlxd_client(target, max_tokens)
 
-            async def sender() -> None:
-                for i, jpeg in enumerate(jpegs):
-                    captured.append(time.perf_counter())
-                    await ws.send(json.dumps({"type": "video_frame", "frame": data_uri(jpeg), "id": str(i),
-                                              "prompt": FRAME_PROMPT}))
-                    await asyncio.sleep(1 / fps)
+        async def answered(reply: Response, at: float) -> None:
+            if not (await reply).dropped:
+                latencies.append(time.perf_counter() - at)
 
-            task, ended = asyncio.create_task(sender()), 0
-            while ended < len(jpegs):
-                event = json.loads(await asyncio.wait_for(ws.recv(), 600))
-                if event["type"] in ("response_complete", "error", "frame_dropped"):
-                    ended += 1
-                    if event["type"] == "response_complete":
-                        latencies.append(time.perf_counter() - captured[int(event["id"])])
-            await task
+        replies = []
+        for jpeg in jpegs:
+            replies.append(asyncio.create_task(answered(client.send_frame(jpeg, FRAME_PROMPT), time.perf_counter())))
+            await asyncio.sleep(1 / fps)
+        await asyncio.wait_for(asyncio.gather(*replies), 600)
+        await client.close()
         return latencies
     async with httpx.AsyncClient() as http:
         started = time.perf_counter()

@@ -109,6 +109,13 @@ class ServerProcess:
         return self.process.returncode
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from `ps` (the same on Linux and macOS); 0 once it has gone."""
+    result = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=10,
+                            check=False)
+    return 1024 * int(result.stdout.strip() or 0)
+
+
 class RawClient:
     """A WebSocket client on a bare socket: it reads only when asked (a client that stops reading), and it
     can vanish with a TCP reset and no close frame (a crashed client or a pulled cable)."""

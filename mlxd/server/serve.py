@@ -7,10 +7,12 @@ messages out, and closes each socket with 1001 (going away); then uvicorn finish
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -44,7 +46,27 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the port before anything else: a second `mlxd serve` on it then exits at once and says why,
+    instead of loading its model first and leaving only uvicorn's bind error in the log."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (": another mlxd, or another server, is listening there; stop it or choose another --port"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
 def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"mlxd serve: {exc.strerror}", file=sys.stderr)
+        return 2
     choice = choose_model(settings.model)
     server = Server(settings, choice, token)
     config = uvicorn.Config(
@@ -68,7 +90,7 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)
     try:
-        _GracefulServer(config, server).run()
+        _GracefulServer(config, server).run(sockets=[listener])
     finally:
         if server.engine.busy:
             _exit_now("the engine is still loading the model or generating: exiting without waiting for it")

@@ -22,7 +22,7 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ CHAOS_RATE = 0.01
 STORM_SIZE = 50
 SMALL_CONFIG = {"type": "config", "maxOutputTokens": 3, "max_tokens_image": 2, "history": False,
                 "temperature": 0.7, "id": "restore"}
-SERVER_OPTIONS = ("--log-level", "warning", "--max-tokens", "3", "--image-max-tokens", "2", "--max-text-chars",
+SERVER_OPTIONS = ("--max-tokens", "3", "--image-max-tokens", "2", "--max-text-chars",
                   "2000", "--max-message-bytes", "1000000", "--max-messages-per-second", "10000",
                   "--message-burst", "10000")
 MAX_MESSAGE_BYTES = 1_000_000
@@ -69,10 +69,11 @@ class Report:
     rss_end: int = 0
     seconds: float = 0.0
 
-    def violation(self, message: str | bytes, problem: str) -> None:
+    def violation(self, message: str | bytes, problem: str, before: tuple = ()) -> None:
         self.violations += 1
         if len(self.violation_examples) < KEPT_VIOLATIONS:
-            self.violation_examples.append(f"{problem} <- {wire(message)[:160]!r}")
+            earlier = "".join(f"\n      after {wire(m)[:120]!r}" for m in before)
+            self.violation_examples.append(f"{problem} <- {wire(message)[:160]!r}{earlier}")
 
 
 async def answer(ws, timeout: float = ANSWER_TIMEOUT_S) -> list[str]:
@@ -94,6 +95,7 @@ class Worker:
     def __init__(self, url: str, rnd: random.Random, report: Report, budget: Budget) -> None:
         self.url, self.rnd, self.report, self.budget = url, rnd, report, budget
         self.ws = None
+        self.recent: deque[str | bytes] = deque(maxlen=4)  # what this connection was sent before: a replay
 
     async def run(self) -> None:
         while self.budget.take():
@@ -113,28 +115,33 @@ class Worker:
         if self.ws is not None:
             await self.ws.close()
             self.ws = None
+        self.recent.clear()
 
     async def one(self, message: str | bytes) -> None:
         self.report.messages += 1
         expected_close = websocket_close_for(message, MAX_MESSAGE_BYTES)
+        before = tuple(self.recent)
+        self.recent.append(message)
         await self.ws.send(wire(message), text=isinstance(message, str))
         try:
-            replies = await answer(self.ws)
+            replies = await answer(self.ws, self.budget.answer_timeout)
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd else None
             if expected_close is None or code != expected_close:
-                self.report.violation(message, f"connection closed ({code}) instead of an answer")
+                self.report.violation(message, f"connection closed ({code}) instead of an answer", before)
             self.report.outcomes[f"closed {code}"] += 1
             self.ws = None
+            self.recent.clear()
             return
         except asyncio.TimeoutError:
-            self.report.violation(message, f"no final message within {ANSWER_TIMEOUT_S:g} s")
+            self.report.violation(message, f"no final message within {self.budget.answer_timeout:g} s", before)
             await self.drop()
             return
         if expected_close is not None:
-            self.report.violation(message, f"answered, though the WebSocket layer must close with {expected_close}")
+            self.report.violation(message, f"answered, though the WebSocket layer must close with {expected_close}",
+                                  before)
         for problem in answer_violations(message, replies):
-            self.report.violation(message, problem)
+            self.report.violation(message, problem, before)
         final = json.loads(replies[-1]) if replies[-1].startswith("{") else {}
         self.report.outcomes[final.get("code") or final.get("type", "?")] += 1
         if final.get("type") == "config_updated":
@@ -176,7 +183,8 @@ class Worker:
             await ws.send(json.dumps({"type": "config", "maxOutputTokens": 500, "temperature": 0}))
             await ws.send(json.dumps({"type": "text_input", "content": "talk a lot", "id": "long"}))
             self.report.messages += 2
-            while json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))["type"] != "token":
+            streaming = ("token", *FINAL_TYPES)  # a short answer may end before its first token
+            while json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))["type"] not in streaming:
                 pass
             if self.rnd.random() < 0.5:
                 ws.transport.abort()  # vanish: no close frame
@@ -199,16 +207,20 @@ class Worker:
             await ws.send(json.dumps({"type": "config", "maxOutputTokens": 300, "temperature": 0}))
             await ws.send(json.dumps({"type": "text_input", "content": "a long story", "id": "slow"}))
             self.report.messages += 2
+            await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S)  # config_updated
             for _ in range(20):
-                await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S)
+                message = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
+                if message["type"] in FINAL_TYPES:
+                    break
                 await asyncio.sleep(0.1)
 
 
 class Budget:
     """The messages left to send (shared by all workers), and a stop for when the server dies."""
 
-    def __init__(self, messages: int, report: Report) -> None:
+    def __init__(self, messages: int, report: Report, answer_timeout: float = ANSWER_TIMEOUT_S) -> None:
         self.messages, self.report, self.stopped = messages, report, False
+        self.answer_timeout = answer_timeout
 
     def take(self) -> bool:
         return not self.stopped and self.report.messages < self.messages
@@ -252,7 +264,7 @@ async def monitor(server: ServerProcess, report: Report, budget: Budget, stop: a
 
 
 async def fuzz(server: ServerProcess, args: argparse.Namespace, report: Report) -> None:
-    budget, stop = Budget(args.messages, report), asyncio.Event()
+    budget, stop = Budget(args.messages, report, args.answer_timeout), asyncio.Event()
     watch = asyncio.create_task(monitor(server, report, budget, stop))
     asker = asyncio.create_task(bystander(server.ws_url(), report, stop))
     workers = [Worker(server.ws_url(), random.Random(args.seed * 1000 + i), report, budget)
@@ -286,12 +298,16 @@ def main() -> int:
     parser.add_argument("--model", help="vision model (default: a tiny random-weight Gemma 3 built here)")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary as the last line")
     parser.add_argument("--server-log", type=Path, help="keep the server's log (JSON lines) there")
+    parser.add_argument("--server-log-level", default="warning", help="(default: %(default)s)")
+    parser.add_argument("--answer-timeout", type=float, default=ANSWER_TIMEOUT_S,
+                        help="seconds an answer may take before it counts as missing (default: %(default)s)")
     args = parser.parse_args()
 
     report = Report()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or str(build_vision_model(Path(scratch) / "tiny-gemma3"))
-        server = ServerProcess(model, *SERVER_OPTIONS, log_path=Path(scratch) / "server.log")
+        server = ServerProcess(model, *SERVER_OPTIONS, "--log-level", args.server_log_level,
+                               log_path=Path(scratch) / "server.log")
         try:
             server.wait_state("ready", timeout=600)
             report.rss_start = report.rss_peak = rss_bytes(server.process.pid)

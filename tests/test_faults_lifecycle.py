@@ -43,7 +43,6 @@ def test_the_model_folder_going_away_after_start_up_harms_nothing(fault, start_s
     assert ask(server, "after")["type"] == "response_complete"
     assert server.healthz()["state"] == "ready"
     assert server.unhandled_errors() == []
-    assert server.stop() == 0, server.log_path.read_text()[-3000:]
 
 
 @pytest.mark.slow

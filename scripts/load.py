@@ -82,21 +82,34 @@ async def stream_frames(url: str, client: int, frame: str, fps: float, duration:
                 await ws.send(json.dumps({"type": "video_frame", "frame": frame, "id": request_id}))
 
         sender = asyncio.create_task(send_at_fps())
-        while not (sender.done() and len(terminals) >= len(sent)):
+        try:
+            await receive_terminals(ws, sender, sent, terminals, tally)
+        finally:
+            sender.cancel()
+            tally.frames_sent += len(sent)  # those of a connection that died count as unaccounted
+            await asyncio.gather(sender, return_exceptions=True)
+
+
+async def receive_terminals(ws, sender: asyncio.Task, sent: list[str], terminals: dict[str, str],
+                            tally: Tally) -> None:
+    while not (sender.done() and len(terminals) >= len(sent)):
+        try:
             message = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_SECONDS))
-            if message["type"] not in ("response_complete", "frame_dropped", "error"):
-                continue
-            if message["id"] in terminals:
-                tally.duplicate_terminals += 1
-            terminals[message["id"]] = message.get("reason") or message.get("code") or message["type"]
-            if message["type"] == "response_complete":
-                tally.frames_answered += 1
-            elif message["type"] == "frame_dropped":
-                tally.frames_dropped[message["reason"]] += 1
-            else:
-                tally.frame_errors.append(message["code"])
-        await sender
-    tally.frames_sent += len(sent)
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else "none"
+            raise RuntimeError(f"frame connection closed after {len(sent)} frames (close code {code})") from None
+        if message["type"] not in ("response_complete", "frame_dropped", "error"):
+            continue
+        if message["id"] in terminals:
+            tally.duplicate_terminals += 1
+        terminals[message["id"]] = message.get("reason") or message.get("code") or message["type"]
+        if message["type"] == "response_complete":
+            tally.frames_answered += 1
+        elif message["type"] == "frame_dropped":
+            tally.frames_dropped[message["reason"]] += 1
+        else:
+            tally.frame_errors.append(message["code"])
+    await sender
 
 
 async def ask_questions(url: str, client: int, duration: float, tally: Tally) -> None:
@@ -176,6 +189,14 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
+def disconnects(metrics_url: str) -> dict[str, float]:
+    """Connections the server closed itself, by reason (mlxd_disconnects_total): why a client was dropped."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(text)
+            if family.name == "mlxd_disconnects" for sample in family.samples
+            if sample.name == "mlxd_disconnects_total"}
+
+
 def lag_buckets(metrics_url: str) -> dict[float, float]:
     text = httpx.get(metrics_url, timeout=10).text
     return {float(sample.labels["le"]): sample.value for family in text_string_to_metric_families(text)
@@ -245,6 +266,8 @@ def main() -> int:
                         help="RSS may change by this fraction from --drift-from to the end (default: %(default)s)")
     parser.add_argument("--drift-from", type=float, default=120.0,
                         help="seconds into the load where drift is measured from, once warm (default: %(default)s)")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="idle time before the load whose loop lag is the baseline (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="also print a JSON summary as the last line")
     args = parser.parse_args()
 
@@ -256,7 +279,10 @@ def main() -> int:
             server.wait_state("ready", timeout=600)
             asyncio.run(warm_up(server.ws_url(), noise_jpeg(*args.frame_size)))
             metrics_url = f"{server.http}/metrics"
+            idle_from = lag_buckets(metrics_url)
+            time.sleep(args.idle_seconds)  # the same lag measured idle: what this machine's scheduler gives
             lag_before, rss_baseline = lag_buckets(metrics_url), rss_bytes(server.process.pid)
+            idle_p99, _ = quantile(idle_from, lag_before, 0.99)
             fds_baseline = open_fds(server.process.pid)
             started = time.monotonic()
             tally = asyncio.run(run_load(server, args))
@@ -264,6 +290,7 @@ def main() -> int:
             time.sleep(SETTLE_SECONDS)
             lag_p99, lag_samples = quantile(lag_before, lag_buckets(metrics_url), 0.99)
             rss_after, fds_after = rss_bytes(server.process.pid), open_fds(server.process.pid)
+            closed_by_server = disconnects(metrics_url)
             alive = server.process.poll() is None
         finally:
             server.stop()
@@ -299,15 +326,18 @@ def main() -> int:
     drift_text = "n/a (run too short)" if drift is None else f"{drift:+.2%} from {args.drift_from:g} s to the end"
     print(f"RSS: baseline {rss_baseline / 2**20:.0f} MiB, peak {rss_peak / 2**20:.0f} MiB, "
           f"after {rss_after / 2**20:.0f} MiB; drift {drift_text}")
-    print(f"open file descriptors: {fds_baseline} before, {fds_after} after")
-    print(f"event loop lag p99: {lag_p99 * 1000:.1f} ms over {lag_samples} samples")
+    print(f"open file descriptors: {fds_baseline} before, {fds_after} after; "
+          f"connections the server closed: {closed_by_server}")
+    print(f"event loop lag p99: {lag_p99 * 1000:.1f} ms over {lag_samples} samples; idle before the load "
+          f"{idle_p99 * 1000:.1f} ms (ratio {lag_p99 / idle_p99 if idle_p99 else float('inf'):.1f})")
     print("OK" if not problems else "FAILED:\n  " + "\n  ".join(problems))
     if args.json:
         print(json.dumps({**asdict(tally), "frames_dropped": dict(tally.frames_dropped), "question_seconds": None,
                           "rss_samples": None, "rss_drift": drift, "fds_baseline": fds_baseline,
-                          "fds_after": fds_after, "wall_seconds": wall,
+                          "fds_after": fds_after, "wall_seconds": wall, "closed_by_server": closed_by_server,
                           "rss_baseline": rss_baseline, "rss_peak": rss_peak, "rss_after": rss_after,
-                          "loop_lag_p99": lag_p99, "loop_lag_samples": lag_samples, "problems": problems}))
+                          "loop_lag_p99": lag_p99, "idle_loop_lag_p99": idle_p99, "loop_lag_samples": lag_samples,
+                          "problems": problems}))
     return 1 if problems else 0
 
 

@@ -7,6 +7,7 @@ messages out, and closes each socket with 1001 (going away); then uvicorn finish
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -62,7 +63,27 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the port before anything else: a second `mlxd serve` on it then exits at once and says why,
+    instead of loading its model first and leaving only uvicorn's bind error in the log."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (": another mlxd, or another server, is listening there; stop it or choose another --port"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
 def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"mlxd serve: {exc.strerror}", file=sys.stderr)
+        return 2
     choice = choose_model(settings.model)
     server = Server(settings, choice, token)
     config = uvicorn.Config(
@@ -87,7 +108,7 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
         signal.signal(stop_signal, _stopped_by_signal)
     code = 0
     try:
-        _GracefulServer(config, server).run()
+        _GracefulServer(config, server).run(sockets=[listener])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if server.engine.busy:

@@ -299,9 +299,17 @@ def probe_health(host: str, port: int, timeout: float = HEALTH_TIMEOUT_S, tls: b
 
 
 def status(backend: Backend) -> int:
-    """Print the service manager's view, then the server's own: exit 0 only if /healthz answers 200."""
+    """Print the service manager's view, then the server's own: exit 0 only if /healthz answers 200.
+
+    With no service definition there is no port of ours to probe: whatever answers on the default port
+    would be some other server, so it is not asked.
+    """
     backend.status()
-    argv = backend.installed_argv() or []
+    argv = backend.installed_argv()
+    if argv is None:
+        if backend.definition_path.exists():
+            print(f"health: not probed, no command line could be read from {backend.definition_path}")
+        return 1
     host = _option(argv, "--host") or Settings().host
     try:
         port = int(_option(argv, "--port") or Settings().port)

@@ -17,7 +17,6 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from mlxd.engine.model_choice import choose_model
 from mlxd.server.app import Server, create_app
 from mlxd.settings import Settings
 
@@ -44,9 +43,10 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
-    choice = choose_model(settings.model)
-    server = Server(settings, choice, token)
+def serve(settings: Settings, token: str | None = None, blas: Path | None = None,
+          upstream_token: str | None = None) -> int:
+    server = Server(settings, token, upstream_token)
+    engine = server.engine.status()
     config = uvicorn.Config(
         create_app(server),
         host=settings.host,
@@ -63,7 +63,8 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
-    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason,
+    log.info("starting", host=settings.host, port=settings.port, engine=settings.engine, model=engine["model"],
+             model_reason=engine["model_reason"],
              tls=settings.tls_cert is not None, token=token is not None, blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)

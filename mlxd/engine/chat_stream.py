@@ -70,7 +70,8 @@ class ChatStream:
             raise UpstreamFault(errors.MODEL_UNAVAILABLE, "unreachable",
                                 f"cannot reach the upstream: {_describe(exc)}") from None
         if self.finish_reason is None:
-            raise UpstreamFault(errors.INTERNAL, "stream_cut", "the upstream stream ended without a finish_reason")
+            raise UpstreamFault(errors.INTERNAL, "stream_cut",
+                                "the upstream stream was cut: it ended without a finish_reason")
 
     def _receive(self, data: str) -> bool:
         """One `data:` payload; True at the end of the stream."""

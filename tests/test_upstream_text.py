@@ -1,0 +1,174 @@
+"""`--engine openai` in front of a real mlx_lm.server on the tiny llama: streaming, usage, sampling, cancel,
+faults. The session side is mlxd's own; only the tokens come from the upstream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+from tests.helpers import (
+    ServerProcess,
+    delta,
+    receive,
+    receive_until,
+    run_request,
+    scrape,
+    send,
+    start_long_answer,
+    terminal_for,
+    tokens_text,
+)
+from tests.upstreams import UpstreamProcess, mlx_lm_server
+
+
+def openai_server(start_server, upstream: UpstreamProcess, *args: str, wait: str = "ready") -> ServerProcess:
+    return start_server(None, "--engine", "openai", "--upstream", upstream.url, "--upstream-health-interval", "0.5",
+                        *args, wait=wait)
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny_text_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
+    server = mlx_lm_server(tiny_text_model, tmp_path_factory.mktemp("mlx_lm"))
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def front(upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(None, "--engine", "openai", "--upstream", upstream.url,
+                           log_path=tmp_path_factory.mktemp("front") / "server.log")
+    try:
+        server.wait_state("ready")
+        yield server
+    finally:
+        server.stop()
+
+
+def answer(ws, content: str, request_id: str, **config) -> dict:
+    if config:
+        send(ws, {"type": "config", **config})
+        assert receive(ws)["type"] == "config_updated"
+    return run_request(ws, {"type": "text_input", "content": content, "id": request_id})[-1]
+
+
+def test_health_names_the_upstream_model_and_no_model_is_loaded_here(front, upstream, tiny_text_model):
+    health = front.healthz()
+    assert health["state"] == "ready" and health["model"] == str(tiny_text_model.resolve())
+    assert health["upstream"] == upstream.url and health["modalities"] == ["text"]
+    assert "model_loading" not in front.log_text()
+
+
+@pytest.mark.parametrize("path", ["/", "/ws"])
+def test_tokens_concatenate_to_full_text_and_usage_is_the_upstreams(front, tiny_text_model, path):
+    content, context = "Hello there", "Answer briefly."
+    with front.connect(path) as ws:
+        send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 12})
+        receive(ws)
+        messages = run_request(ws, {"type": "text_input", "content": content, "context": context, "id": "q"})
+    start, *tokens, done = messages
+    assert start["type"] == "response_start" and tokens and all(m["type"] == "token" for m in tokens)
+    assert done["type"] == "response_complete" and done["full_text"] == tokens_text(messages, "q")
+    prompt = load_tokenizer(tiny_text_model).apply_chat_template(
+        [{"role": "system", "content": context}, {"role": "user", "content": content}], add_generation_prompt=True)
+    assert done["usage"]["prompt_tokens"] == len(prompt)
+    assert done["finish_reason"] == "length" and done["usage"]["completion_tokens"] == 12
+    assert 0 < done["time_to_first_token"] <= done["inference_time"]
+
+
+def test_the_sessions_sampling_reaches_the_upstream(front):
+    with front.connect() as ws:
+        greedy = [answer(ws, "Tell me a story", f"g{i}", temperature=0, maxOutputTokens=24)["full_text"]
+                  for i in range(2)]
+        hot = answer(ws, "Tell me a story", "hot", temperature=1.5, topK=0, topP=1.0)["full_text"]
+    assert greedy[0] == greedy[1]
+    assert hot != greedy[0]
+
+
+def test_cancel_and_disconnect_end_the_upstream_stream(front, upstream):
+    with front.connect() as ws:
+        start_long_answer(ws, "long")
+        send(ws, {"type": "cancel", "id": "long"})
+        done = receive_until(ws, terminal_for("long"))[-1]
+        assert done["finish_reason"] == "cancelled" and done["full_text"]
+        assert upstream.wait_idle(timeout=3) < 3
+        start_long_answer(ws, "abandoned")
+    assert upstream.wait_idle(timeout=3) < 3
+    assert value_after(front, "mlxd_upstream_in_flight") == 0
+
+
+def value_after(server: ServerProcess, name: str, timeout: float = 5) -> float:
+    """A gauge once it has settled at 0 (or its last value after the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = scrape(server).get((name, frozenset()), 0.0)
+        if current == 0 or time.monotonic() > deadline:
+            return current
+        time.sleep(0.05)
+
+
+def test_an_unknown_model_is_refused_with_the_upstreams_reason(start_server, upstream):
+    server = openai_server(start_server, upstream, "--upstream-model", "no/such-model")
+    with server.connect() as ws:
+        done = run_request(ws, {"type": "text_input", "content": "Hi", "id": "q"})[-1]
+    assert done["type"] == "error" and done["code"] == "model_unavailable"
+    assert "HTTP 404" in done["error"] and "cached snapshot" in done["error"]  # mlx_lm.server's own words
+    assert delta({}, scrape(server), "mlxd_upstream_errors_total", reason="http_404") == 1
+
+
+def test_an_upstream_that_lists_no_models_says_to_name_one(start_server, tiny_text_model, tmp_path):
+    bare = mlx_lm_server(tiny_text_model, tmp_path, env={"HF_HOME": str(tmp_path / "no-cache-here")})
+    try:
+        bare.wait_healthy()
+        server = openai_server(start_server, bare, wait="unavailable")
+        assert "--upstream-model" in server.healthz()["error"]
+        assert httpx.get(f"{server.http}/readyz", timeout=5).status_code == 503
+        named = openai_server(start_server, bare, "--upstream-model", str(tiny_text_model))
+        with named.connect() as ws:
+            assert answer(ws, "Hi", "q", maxOutputTokens=3)["type"] == "response_complete"
+    finally:
+        bare.stop()
+
+
+def test_upstream_down_then_back(start_server, tiny_text_model, tmp_path):
+    upstream = mlx_lm_server(tiny_text_model, tmp_path)
+    try:
+        upstream.wait_healthy()
+        server = openai_server(start_server, upstream)
+        upstream.stop()
+        with server.connect() as ws:
+            failed = run_request(ws, {"type": "text_input", "content": "Hi", "id": "down"})[-1]
+            assert failed["type"] == "error" and failed["code"] == "model_unavailable"
+            assert "cannot reach the upstream" in failed["error"] and "ConnectError" in failed["error"]
+            assert server.wait_state("unavailable", timeout=5)["error"]
+            assert httpx.get(f"{server.http}/readyz", timeout=5).status_code == 503
+            upstream.start()
+            upstream.wait_healthy()
+            server.wait_state("ready", timeout=5)
+            assert answer(ws, "Hi", "back", maxOutputTokens=3)["type"] == "response_complete"
+    finally:
+        upstream.stop()
+    assert server.process.poll() is None
+
+
+def test_a_stream_cut_halfway_is_internal_with_the_reason(start_server, tiny_text_model, tmp_path):
+    upstream = mlx_lm_server(tiny_text_model, tmp_path)
+    try:
+        upstream.wait_healthy()
+        server = openai_server(start_server, upstream)
+        with server.connect() as ws:
+            start_long_answer(ws, "cut")
+            upstream.process.kill()
+            done = receive_until(ws, terminal_for("cut"))[-1]
+        assert done["type"] == "error" and done["code"] == "internal"
+        assert "the upstream stream was cut" in done["error"]
+        assert delta({}, scrape(server), "mlxd_upstream_errors_total", reason="stream_cut") == 1
+    finally:
+        upstream.stop()

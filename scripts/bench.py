@@ -9,11 +9,15 @@ Sections (all by default, or pick with --only):
             (the whole conversation prefilled again)
   frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+  openai    (--engine openai) 1, 4 and 8 sessions three ways: mlx_lm.server alone (streamed by an HTTP client
+            here: the floor), mlxd --engine openai in front of it, and mlxd local; runs interleaved. Median TTFT
+            and what mlxd adds over the upstream alone, aggregate tokens/s and its ratio to the upstream alone
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
     python scripts/bench.py                       # tiny random-weight models built on the fly
     python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single`
+    python scripts/bench.py --engine openai       # mlxd in front of mlx_lm.server, against it alone
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,11 +41,15 @@ from mlxd.engine.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
+from mlxd.engine.chat_request import sampling
+from mlxd.generation import GenerationConfig
 from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
+from tests.upstreams import mlx_lm_server
 
 PROMPT = "Tell me a story about a robot who learns to paint."
 SECTIONS = ("single", "batching", "history", "frames")
+UPSTREAM_SESSIONS = (1, 4, 8)
 
 
 def median(values: list[float]) -> float:
@@ -81,7 +90,7 @@ class Client:
         await self.ws.close()
 
 
-def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
+def start(model: str | None, scratch: Path, name: str, *args: str) -> ServerProcess:
     server = ServerProcess(model, "--log-level", "warning", *args, log_path=scratch / f"{name}.log")
     server.wait_state("ready", timeout=600)
     return server
@@ -260,6 +269,78 @@ def frames(model_name: str, scratch: Path, fps: float, seconds: float, tokens: i
               f"(decode + 1-token answer, {count} frames)")
 
 
+async def ask_upstream(client: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> tuple[float, int]:
+    """One streamed answer straight from the upstream: (TTFT, completion tokens)."""
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
+            "stream_options": {"include_usage": True}, **sampling(GenerationConfig(temperature=0), max_tokens)}
+    sent = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            if first is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()):
+                first = time.perf_counter()
+            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+    return (first or time.perf_counter()) - sent, tokens
+
+
+async def upstream_round(url: str, model: str, sessions: int, max_tokens: int) -> tuple[float, float]:
+    """(median TTFT, aggregate tokens/s) of `sessions` direct streams started together."""
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(ask_upstream(client, url, model, max_tokens) for _ in range(sessions)))
+        elapsed = time.perf_counter() - started
+    return median([ttft for ttft, _ in results]), sum(tokens for _, tokens in results) / elapsed
+
+
+async def mlxd_round(ws_url: str, sessions: int, max_tokens: int) -> tuple[float, float]:
+    """The same through mlxd: client-side TTFT from send to the first token message."""
+    clients = [await Client.open(ws_url, temperature=0, maxOutputTokens=max_tokens) for _ in range(sessions)]
+    started = time.perf_counter()
+    results = await asyncio.gather(*(c.ask(PROMPT, f"c{i}") for i, c in enumerate(clients)))
+    elapsed = time.perf_counter() - started
+    for client in clients:
+        await client.close()
+    return (median([ttft for ttft, _, _ in results]),
+            sum(message["usage"]["completion_tokens"] for _, _, message in results) / elapsed)
+
+
+def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -> None:
+    upstream = mlx_lm_server(Path(model), scratch / "upstream")
+    front = local = None
+    try:
+        upstream.wait_healthy()
+        front = start(None, scratch, "front", "--engine", "openai", "--upstream", upstream.url,
+                      "--upstream-model", str(Path(model).resolve()))
+        local = start(model, scratch, "local")
+        figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for sessions in UPSTREAM_SESSIONS:
+            for _ in range(runs + 1):  # the first of each is a warm-up, left out
+                for label, round_ in (
+                        ("upstream", upstream_round(upstream.url, str(Path(model).resolve()), sessions, max_tokens)),
+                        ("front", mlxd_round(front.ws_url(), sessions, max_tokens)),
+                        ("local", mlxd_round(local.ws_url(), sessions, max_tokens))):
+                    figures.setdefault((label, sessions), []).append(asyncio.run(round_))
+    finally:
+        for server in (front, local):
+            if server is not None:
+                server.stop()
+        upstream.stop()
+    print(f"\n[openai] tiny llama, {max_tokens} tokens per session, greedy, median of {runs} interleaved runs;"
+          " added TTFT and the tok/s ratio are medians of the per-run differences and ratios")
+    print(f"{'sessions':>8}{'path':>10}{'TTFT ms':>10}{'agg tok/s':>11}   vs upstream alone")
+    for sessions in UPSTREAM_SESSIONS:
+        floor = figures["upstream", sessions][1:]
+        for label in ("upstream", "front", "local"):
+            measured = figures[label, sessions][1:]
+            ttft, rate = median([run[0] for run in measured]), median([run[1] for run in measured])
+            added = median([run[0] - base[0] for run, base in zip(measured, floor, strict=True)])
+            ratio = median([run[1] / base[1] for run, base in zip(measured, floor, strict=True)])
+            versus = "" if label == "upstream" else f"TTFT {1000 * added:+.2f} ms, tok/s x{ratio:.3f}"
+            print(f"{sessions:>8}{label:>10}{1000 * ttft:>10.2f}{rate:>11.0f}   {versus}")
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="text model for `single` (default: a tiny random-weight llama)")
@@ -271,12 +352,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frame-tokens", type=int, default=16)
     parser.add_argument("--wire-frames", type=int, default=100)
+    parser.add_argument("--engine", choices=["local", "openai"], default="local",
+                        help="openai: only the `openai` section (mlxd in front of mlx_lm.server)")
     args = parser.parse_args()
     sections = args.only or SECTIONS
     print(f"BLAS: {BLAS or 'mlx default'}")
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         tiny_text = str(build_text_model(scratch / "tiny-llama"))
+        if args.engine == "openai":
+            upstream_comparison(tiny_text, scratch, args.max_tokens, args.runs)
+            return
         if "single" in sections:
             single(args.model or tiny_text, scratch, args.max_tokens, args.runs)
         if "batching" in sections:

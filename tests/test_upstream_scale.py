@@ -3,14 +3,20 @@ model (ring backend on loopback, the launcher-less form), and vllm-router spread
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from mlxd.engine.chat_request import image_url
+from mlxd.settings import Settings
 from tests.helpers import (
     ServerProcess,
+    encoded_image,
     image_b64,
     receive,
     receive_until,
@@ -50,6 +56,13 @@ def test_an_image_reaches_mlx_vlm_server(start_server, vision_upstream):
     assert done["type"] == "response_complete" and done["input_type"] == "image"
     assert done["full_text"] == tokens_text(messages, "i") and done["usage"]["completion_tokens"] == 6
     assert done["usage"]["prompt_tokens"] > text["usage"]["prompt_tokens"]  # the image's tokens were prefilled
+
+
+def test_images_are_sent_at_the_size_mlxd_enforces():
+    url = image_url(encoded_image(1600, 1200, "PNG"), Settings(image_max_side=64))
+    assert url.startswith("data:image/jpeg;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert (sent.format, sent.size) == ("JPEG", (64, 48))
 
 
 def test_frames_that_wait_are_superseded_and_never_sent_upstream(start_server, vision_upstream):

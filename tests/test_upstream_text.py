@@ -3,9 +3,13 @@ faults. The session side is mlxd's own; only the tokens come from the upstream."
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -81,6 +85,29 @@ def test_tokens_concatenate_to_full_text_and_usage_is_the_upstreams(front, tiny_
     assert done["usage"]["prompt_tokens"] == len(prompt)
     assert done["finish_reason"] == "length" and done["usage"]["completion_tokens"] == 12
     assert 0 < done["time_to_first_token"] <= done["inference_time"]
+
+
+def test_upstream_metrics_count_requests_first_bytes_and_in_flight(front):
+    before = scrape(front)
+    with front.connect() as ws:
+        assert answer(ws, "Hi", "m", maxOutputTokens=3)["finish_reason"] == "length"
+    after = scrape(front)
+    assert delta(before, after, "mlxd_upstream_requests_total", outcome="length") == 1
+    assert delta(before, after, "mlxd_upstream_first_byte_seconds_count") == 1
+    assert value_after(front, "mlxd_upstream_in_flight") == 0
+
+
+def test_upstream_concurrency_caps_the_jobs_in_flight(start_server, upstream):
+    server = openai_server(start_server, upstream, "--upstream-concurrency", "1")
+    with server.connect() as first, server.connect() as second:
+        start_long_answer(first, "long")
+        send(second, {"type": "text_input", "content": "Hi", "id": "waits"})
+        with pytest.raises(TimeoutError):
+            receive(second, timeout=1)  # not even response_start: the one slot is taken
+        send(second, {"type": "get_status", "id": "st"})
+        assert receive(second)["queue"]["requests"] == 1  # it waits in mlxd, not upstream
+        send(first, {"type": "cancel", "id": "long"})
+        assert receive_until(second, terminal_for("waits"))[-1]["type"] == "response_complete"
 
 
 def test_the_sessions_sampling_reaches_the_upstream(front):
@@ -172,3 +199,57 @@ def test_a_stream_cut_halfway_is_internal_with_the_reason(start_server, tiny_tex
         assert delta({}, scrape(server), "mlxd_upstream_errors_total", reason="stream_cut") == 1
     finally:
         upstream.stop()
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """An upstream that records what mlxd sends it and answers one short stream."""
+
+    seen: ClassVar[list[tuple[str, dict[str, str], dict]]] = []
+
+    def do_GET(self) -> None:
+        self._reply(b'{"object": "list", "data": [{"id": "recorded-model"}]}', "application/json")
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.path, dict(self.headers), body))
+        chunks = [{"choices": [{"delta": {"content": "ok"}, "finish_reason": None}]},
+                  {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 1,
+                                            "prompt_tokens_details": {"cached_tokens": 5}}}]
+        stream = b"".join(f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks) + b"data: [DONE]\n\n"
+        self._reply(stream, "text/event-stream")
+
+    def _reply(self, payload: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_upstream_token_goes_upstream_and_mlxds_own_never_does(start_server, tmp_path):
+    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    token_file = tmp_path / "upstream-token"
+    token_file.write_text("upstream-secret\n")
+    token_file.chmod(0o600)
+    try:
+        server = start_server(None, "--engine", "openai", "--upstream", f"http://127.0.0.1:{recorder.server_port}/v1",
+                              "--upstream-token-file", str(token_file), "--token", "mlxd-secret")
+        with server.connect(additional_headers={"Authorization": "Bearer mlxd-secret"}) as ws:
+            send(ws, {"type": "config", "temperature": 0.5, "topK": 7, "presencePenalty": 0.25, "maxOutputTokens": 9})
+            receive(ws)
+            done = run_request(ws, {"type": "text_input", "content": "Hi", "context": "Be brief.", "id": "q"})[-1]
+    finally:
+        recorder.shutdown()
+    assert done["full_text"] == "ok" and done["finish_reason"] == "stop"
+    assert done["usage"] == {"prompt_tokens": 7, "completion_tokens": 1, "cached_tokens": 5}
+    path, headers, body = _Recorder.seen[-1]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer upstream-secret"
+    assert "mlxd-secret" not in json.dumps([headers, body]) and headers["X-Session-Id"]
+    assert body["model"] == "recorded-model" and body["stream"] is True and body["stream_options"]["include_usage"]
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert (body["temperature"], body["top_k"], body["presence_penalty"], body["max_tokens"]) == (0.5, 7, 0.25, 9)

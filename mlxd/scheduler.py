@@ -52,6 +52,18 @@ class Job:
     finished: bool = False
     sequence: int = 0
 
+    @property
+    def prompt_instructions(self) -> str | None:
+        """The system turn: the job's own instructions, else its conversation's."""
+        if self.instructions is not None or self.dialogue is None:
+            return self.instructions
+        return self.dialogue.instructions
+
+    def record_answer(self, text: str, finish_reason: str, generation: int | None) -> None:
+        """A conversation keeps the answer of a job that started, or what was generated of it before a cut."""
+        if self.dialogue is not None and generation is not None and (text or finish_reason in ("stop", "length")):
+            self.dialogue.record_answer(text, self.answer_id, generation)
+
 
 class QueueFull(Exception):
     pass

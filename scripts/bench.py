@@ -41,7 +41,7 @@ from mlxd.engine.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
-from mlxd.engine.chat_request import sampling
+from mlxd.engine.chat_request import request_body
 from mlxd.generation import GenerationConfig
 from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
@@ -272,8 +272,7 @@ def frames(model_name: str, scratch: Path, fps: float, seconds: float, tokens: i
 
 async def ask_upstream(client: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> tuple[float, int]:
     """One streamed answer straight from the upstream: (TTFT, completion tokens)."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "stream": True,
-            "stream_options": {"include_usage": True}, **sampling(GenerationConfig(temperature=0), max_tokens)}
+    body = request_body(model, [{"role": "user", "content": PROMPT}], GenerationConfig(temperature=0), max_tokens)
     sent = time.perf_counter()
     first, tokens = None, 0
     async with client.stream("POST", f"{url}/chat/completions", json=body) as response:

@@ -110,6 +110,24 @@ def test_upstream_concurrency_caps_the_jobs_in_flight(start_server, upstream):
         assert receive_until(second, terminal_for("waits"))[-1]["type"] == "response_complete"
 
 
+def test_with_history_the_conversation_goes_upstream_and_turn_2_is_cached(front, tiny_text_model):
+    with front.connect() as ws:
+        first = answer(ws, "Tell me a story about a robot.", "t1", history=True, temperature=0, maxOutputTokens=12)
+        second = answer(ws, "What happened next?", "t2")
+        send(ws, {"type": "reset", "id": "r"})
+        assert receive(ws)["type"] == "conversation_reset"
+        fresh = answer(ws, "What happened next?", "t3")
+    conversation = [{"role": "user", "content": "Tell me a story about a robot."},
+                    {"role": "assistant", "content": first["full_text"]},
+                    {"role": "user", "content": "What happened next?"}]
+    tokenizer = load_tokenizer(tiny_text_model)
+    assert second["usage"]["prompt_tokens"] == len(tokenizer.apply_chat_template(conversation,
+                                                                                 add_generation_prompt=True))
+    assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert fresh["usage"]["prompt_tokens"] == len(tokenizer.apply_chat_template(conversation[2:],
+                                                                                add_generation_prompt=True))
+
+
 def test_the_sessions_sampling_reaches_the_upstream(front):
     with front.connect() as ws:
         greedy = [answer(ws, "Tell me a story", f"g{i}", temperature=0, maxOutputTokens=24)["full_text"]

@@ -1,21 +1,27 @@
 """A job as an OpenAI chat-completions request: its messages, its images as data: URLs, its sampling.
 
-Images are decoded once with mlxd's own limits (bytes, pixels, longest side) and re-encoded, so the upstream
-receives what the local engine would have seen, and never a file larger than mlxd accepts.
+The messages are shaped as for the local engine's chat templates (prompts.py: one system turn, adjacent
+messages of one role merged), which any upstream template accepts. Images are decoded with mlxd's own limits
+(bytes, pixels, longest side) and re-encoded, so the upstream receives what the local engine would have seen,
+and never a file larger than mlxd accepts.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 from typing import Any
 
+from mlxd.dialogue import Message
+from mlxd.engine.prompts import chat_messages
 from mlxd.generation import GenerationConfig
 from mlxd.media import decode_image
-from mlxd.scheduler import Job
 from mlxd.settings import Settings
 
 JPEG_QUALITY = 90
+CHARS_PER_TOKEN = 3  # an upstream's tokenizer is not at hand: a conservative estimate for --context-tokens
+TOKENS_PER_IMAGE = 256
 
 
 def image_url(data: str | bytes, settings: Settings) -> str:
@@ -27,36 +33,39 @@ def image_url(data: str | bytes, settings: Settings) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def messages(job: Job, image: str | None) -> list[dict[str, Any]]:
-    """The chat messages of a job: its context as the system turn, then the user turn."""
-    turns: list[dict[str, Any]] = []
-    if job.context:
-        turns.append({"role": "system", "content": job.context})
-    if image is None:
-        turns.append({"role": "user", "content": job.prompt})
-    else:
-        turns.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
-                                                  {"type": "text", "text": job.prompt}]})
+def images_sent(messages: Sequence[Message]) -> list[str | bytes]:
+    """The images that reach the request, in order (a system turn carries text only)."""
+    return [image for message in messages if message.role != "system" for image in message.images]
+
+
+def estimated_tokens(messages: Sequence[Message]) -> int:
+    return sum(len(message.text) for message in messages) // CHARS_PER_TOKEN + TOKENS_PER_IMAGE * len(
+        images_sent(messages))
+
+
+def request_messages(messages: Sequence[Message], instructions: str | None, urls: Sequence[str]) -> list[dict]:
+    """Chat messages with each image, in order, as an `image_url` part of its turn."""
+    remaining = iter(urls)
+    turns = chat_messages(messages, instructions, system_role=True, with_images=True)
+    for turn in turns:
+        if isinstance(turn["content"], list):
+            turn["content"] = [{"type": "image_url", "image_url": {"url": next(remaining)}}
+                               if part["type"] == "image" else part for part in turn["content"]]
     return turns
 
 
-def sampling(config: GenerationConfig, max_tokens: int) -> dict[str, Any]:
-    """The session's sampling in the fields mlx-lm's and mlx-vlm's servers (and vLLM, SGLang) read."""
+def request_body(model: str, messages: list[dict], config: GenerationConfig, max_tokens: int) -> dict[str, Any]:
+    """One streaming request with the session's sampling, in the fields mlx-lm's and mlx-vlm's servers (and
+    vLLM and SGLang) read."""
     return {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
         "max_tokens": max_tokens,
         "temperature": config.temperature,
         "top_p": config.top_p,
         "top_k": config.top_k,
         "presence_penalty": config.presence_penalty,
         "frequency_penalty": config.frequency_penalty,
-    }
-
-
-def request_body(model: str, job: Job, image: str | None) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": messages(job, image),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **sampling(job.config, job.max_tokens),
     }

@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+from collections import OrderedDict
 
 import httpx
 import structlog
 
 from mlxd import errors
+from mlxd.dialogue import Message
 from mlxd.engine.base import LOADING, READY, STOPPED, UNAVAILABLE
-from mlxd.engine.chat_request import image_url, request_body
+from mlxd.engine.chat_request import estimated_tokens, image_url, images_sent, request_body, request_messages
 from mlxd.engine.chat_stream import ChatStream, UpstreamFault, error_text
+from mlxd.engine.prompts import within_budget
 from mlxd.errors import ClientError
-from mlxd.events import ErrorReport, ServerEvent
+from mlxd.events import ErrorReport, ResponseCompleted, ServerEvent
 from mlxd.metrics import Metrics
 from mlxd.scheduler import Job, WorkQueue
 from mlxd.settings import Settings
@@ -32,6 +35,7 @@ from mlxd.settings import Settings
 log = structlog.get_logger("mlxd.engine.upstream")
 
 CANCEL_POLL_SECONDS = 0.02
+ENCODED_IMAGES_KEPT = 16
 NO_MODELS = ("the upstream lists no models at {url} (mlx_lm.server lists none when its Hugging Face cache folder "
              "does not exist); name the model with --upstream-model")
 
@@ -55,6 +59,7 @@ class UpstreamEngine:
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
         self._in_flight: dict[asyncio.Task[None], Job] = {}
+        self._encoded: OrderedDict[str | bytes, str] = OrderedDict()
 
     def status(self) -> dict[str, object]:
         return {
@@ -131,22 +136,28 @@ class UpstreamEngine:
     async def _serve(self, client: httpx.AsyncClient, job: Job) -> None:
         stream = ChatStream(job, self.metrics)
         outcome: str | None = None
+        generation: int | None = None
         self.metrics.upstream_in_flight.inc()
         try:
             if job.cancelled:
-                event: ServerEvent = stream.completed("cancelled")
+                event: ServerEvent = stream.completed(job.cancel_reason)
             else:
                 if job.is_frame:
                     self.metrics.frame_age.observe(stream.started - job.received_at)
-                body = request_body(await self._model_name(client), job, await self._image(job))
+                model = await self._model_name(client)
+                await self._image_urls(images_sent(job.turn), job)  # a bad new image is refused before it is kept
+                messages, generation = self._prompt(job)
+                urls = await self._image_urls(images_sent(messages), job)
+                body = request_body(model, request_messages(messages, job.prompt_instructions, urls), job.config,
+                                    job.max_tokens)
                 outcome = "error"
                 await stream.run(client, f"{self.base_url}/chat/completions", body,
                                  {"X-Session-Id": f"{self._instance}-{job.session_id}"})
                 outcome = stream.finish_reason
                 event = stream.completed(stream.finish_reason or "stop")
         except asyncio.CancelledError:
-            outcome = outcome and "cancelled"
-            event = stream.completed("cancelled")
+            outcome = outcome and job.cancel_reason
+            event = stream.completed(job.cancel_reason)
         except UpstreamFault as fault:
             self.metrics.upstream_errors.labels(reason=fault.reason).inc()
             if not stream.accepted and fault.reason in ("unreachable", "timeout"):
@@ -164,21 +175,38 @@ class UpstreamEngine:
             self.metrics.upstream_in_flight.dec()
         if outcome is not None:
             self.metrics.upstream_requests.labels(outcome=outcome).inc()
+        if isinstance(event, ResponseCompleted):
+            job.record_answer(event.full_text, event.finish_reason, generation)
         job.finished = True
         self.queue.done(job)
         job.emit(event)
 
-    async def _image(self, job: Job) -> str | None:
-        if job.image_data is None:
-            return None
-        if "image" not in self.modalities:
+    def _prompt(self, job: Job) -> tuple[list[Message], int | None]:
+        """The messages to send: a conversation's turn is committed now, and the conversation cut to
+        --context-tokens (estimated: the upstream's tokenizer is not at hand)."""
+        if job.dialogue is None:
+            return list(job.turn), None
+        messages, generation = job.dialogue.open_turn(job.turn)
+        return within_budget(messages, estimated_tokens, self.settings.context_tokens), generation
+
+    async def _image_urls(self, images: list[str | bytes], job: Job) -> list[str]:
+        """Each image re-encoded once: a conversation's earlier images come back every turn."""
+        if images and "image" not in self.modalities:
             raise errors.model_text_only(self.model or self.base_url, job.request_id)
-        data, job.image_data = job.image_data, None
-        try:
-            return await asyncio.to_thread(image_url, data, self.settings)
-        except ClientError as exc:
-            exc.request_id = job.request_id
-            raise
+        urls = []
+        for data in images:
+            url = self._encoded.pop(data, None)
+            if url is None:
+                try:
+                    url = await asyncio.to_thread(image_url, data, self.settings)
+                except ClientError as exc:
+                    exc.request_id = job.request_id
+                    raise
+            self._encoded[data] = url
+            while len(self._encoded) > ENCODED_IMAGES_KEPT:
+                self._encoded.popitem(last=False)
+            urls.append(url)
+        return urls
 
     async def _model_name(self, client: httpx.AsyncClient) -> str:
         if self.model is None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +17,10 @@ from typing import ClassVar
 import httpx
 import pytest
 from mlx_lm.tokenizer_utils import load as load_tokenizer
+from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import (
+    REPO,
     ServerProcess,
     delta,
     receive,
@@ -157,6 +162,25 @@ def value_after(server: ServerProcess, name: str, timeout: float = 5) -> float:
         if current == 0 or time.monotonic() > deadline:
             return current
         time.sleep(0.05)
+
+
+def test_sigterm_ends_the_upstream_stream_and_exits_cleanly(start_server, upstream):
+    server = openai_server(start_server, upstream)
+    with server.connect() as ws:
+        start_long_answer(ws, "running")
+        server.process.send_signal(signal.SIGTERM)
+        done = receive_until(ws, terminal_for("running"), timeout=10)[-1]
+        with pytest.raises(ConnectionClosed) as closed:
+            receive(ws, timeout=10)
+    assert done["finish_reason"] == "cancelled" and closed.value.rcvd.code == 1001
+    assert server.process.wait(timeout=10) == 0
+    assert upstream.wait_idle(timeout=3) < 3
+
+
+def test_openai_without_an_upstream_refuses_to_start():
+    result = subprocess.run([sys.executable, "-m", "mlxd", "serve", "--engine", "openai", "--port", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--engine openai needs --upstream URL" in result.stderr
 
 
 def test_an_unknown_model_is_refused_with_the_upstreams_reason(start_server, upstream):

@@ -138,8 +138,9 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     print(f"{'ratio':8}{ttft / floor_ttft:>10.2f}{rate / floor_rate:>10.2f}   (mlxd / floor)")
 
 
-async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, float]:
-    """Aggregate generated tokens/s and the worst TTFT when `clients` ask at the same moment."""
+async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, list[float]]:
+    """Aggregate generated tokens/s and each TTFT (from send to the first token message) when `clients` ask at
+    the same moment."""
     sessions = [await Client.open(url, temperature=0, maxOutputTokens=max_tokens) for _ in range(clients)]
     started = time.perf_counter()
     results = await asyncio.gather(*(s.ask(PROMPT, f"c{i}") for i, s in enumerate(sessions)))
@@ -147,7 +148,7 @@ async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, fl
     for session in sessions:
         await session.close()
     tokens = sum(message["usage"]["completion_tokens"] for _, _, message in results)
-    return tokens / elapsed, max(ttft for ttft, _, _ in results)
+    return tokens / elapsed, [ttft for ttft, _, _ in results]
 
 
 def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
@@ -159,7 +160,7 @@ def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None
         try:
             for clients in ((8,) if label == "sequential" else (1, 2, 4, 8)):
                 samples = [asyncio.run(concurrent(server.ws_url(), clients, max_tokens)) for _ in range(runs)]
-                rate, worst = median([s[0] for s in samples]), median([s[1] for s in samples])
+                rate, worst = median([s[0] for s in samples]), median([max(s[1]) for s in samples])
                 figures[label, clients] = rate, worst
                 print(f"{clients:>8}{label:>16}{rate:>12.0f}{1000 * worst:>15.1f}")
         finally:
@@ -296,15 +297,9 @@ async def upstream_round(url: str, model: str, sessions: int, max_tokens: int) -
 
 
 async def mlxd_round(ws_url: str, sessions: int, max_tokens: int) -> tuple[float, float]:
-    """The same through mlxd: client-side TTFT from send to the first token message."""
-    clients = [await Client.open(ws_url, temperature=0, maxOutputTokens=max_tokens) for _ in range(sessions)]
-    started = time.perf_counter()
-    results = await asyncio.gather(*(c.ask(PROMPT, f"c{i}") for i, c in enumerate(clients)))
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        await client.close()
-    return (median([ttft for ttft, _, _ in results]),
-            sum(message["usage"]["completion_tokens"] for _, _, message in results) / elapsed)
+    """The same through mlxd."""
+    rate, ttfts = await concurrent(ws_url, sessions, max_tokens)
+    return median(ttfts), rate
 
 
 def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -> None:

@@ -27,7 +27,7 @@ from tests.helpers import (
     terminal_for,
     tokens_text,
 )
-from tests.upstreams import UpstreamProcess, mlx_lm_server, mlx_vlm_server, two_ranks, vllm_router
+from tests.upstreams import UpstreamProcess, mlx_lm_server, mlx_vlm_server, serving, two_ranks, vllm_router
 
 
 def front_of(start_server, upstream: UpstreamProcess, *args: str) -> ServerProcess:
@@ -36,12 +36,7 @@ def front_of(start_server, upstream: UpstreamProcess, *args: str) -> ServerProce
 
 @pytest.fixture(scope="module")
 def vision_upstream(tiny_vision_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    server = mlx_vlm_server(tiny_vision_model, tmp_path_factory.mktemp("mlx_vlm"))
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
+    yield from serving(mlx_vlm_server(tiny_vision_model, tmp_path_factory.mktemp("mlx_vlm")))
 
 
 def test_an_image_reaches_mlx_vlm_server(start_server, vision_upstream):

@@ -32,7 +32,7 @@ from tests.helpers import (
     terminal_for,
     tokens_text,
 )
-from tests.upstreams import UpstreamProcess, mlx_lm_server
+from tests.upstreams import UpstreamProcess, mlx_lm_server, serving
 
 
 def openai_server(start_server, upstream: UpstreamProcess, *args: str, wait: str = "ready") -> ServerProcess:
@@ -42,12 +42,7 @@ def openai_server(start_server, upstream: UpstreamProcess, *args: str, wait: str
 
 @pytest.fixture(scope="module")
 def upstream(tiny_text_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    server = mlx_lm_server(tiny_text_model, tmp_path_factory.mktemp("mlx_lm"))
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
+    yield from serving(mlx_lm_server(tiny_text_model, tmp_path_factory.mktemp("mlx_lm")))
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, terminate
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -81,13 +82,17 @@ class UpstreamProcess:
         raise TimeoutError(f"upstream still busy after {timeout} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            terminate(self.process)
+
+
+def serving(upstream: UpstreamProcess) -> Iterator[UpstreamProcess]:
+    """A fixture's body: the upstream once healthy, stopped afterwards."""
+    try:
+        upstream.wait_healthy()
+        yield upstream
+    finally:
+        upstream.stop()
 
 
 def hf_home(folder: Path, with_cache: bool = True) -> dict[str, str]:

@@ -8,10 +8,13 @@ no MLX; the local engine's modules are imported only when it is the one chosen.
 
 from __future__ import annotations
 
-from mlxd.engine.base import Engine
-from mlxd.metrics import Metrics
-from mlxd.scheduler import WorkQueue
-from mlxd.settings import Settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time these would import MLX, which must come after engine.blas has loaded the BLAS
+    from mlxd.engine.base import Engine
+    from mlxd.metrics import Metrics
+    from mlxd.scheduler import WorkQueue
+    from mlxd.settings import Settings
 
 
 def create_engine(settings: Settings, metrics: Metrics, queue: WorkQueue, upstream_token: str | None = None) -> Engine:

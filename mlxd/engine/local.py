@@ -21,6 +21,7 @@ from PIL import Image
 
 from mlxd import errors
 from mlxd.dialogue import Message
+from mlxd.engine.base import FAILED, LOADING, READY, STOPPED
 from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.model_choice import ModelChoice, resolve
@@ -35,7 +36,6 @@ from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.engine")
 
-LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
 DECODED_IMAGES_KEPT = 16
 
 

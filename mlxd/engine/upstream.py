@@ -13,6 +13,7 @@ stream is closed within one poll (`CANCEL_POLL_SECONDS`). A probe of the upstrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 from collections import OrderedDict
@@ -83,7 +84,8 @@ class UpstreamEngine:
     def stop(self, timeout: float = 5.0) -> list[Job]:
         waiting = self.queue.close()
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(timeout)
         self.state = STOPPED
         return waiting

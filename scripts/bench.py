@@ -138,9 +138,9 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     print(f"{'ratio':8}{ttft / floor_ttft:>10.2f}{rate / floor_rate:>10.2f}   (mlxd / floor)")
 
 
-async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, list[float]]:
-    """Aggregate generated tokens/s and each TTFT (from send to the first token message) when `clients` ask at
-    the same moment."""
+async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, list[tuple[float, dict]]]:
+    """Aggregate generated tokens/s, and each TTFT (from send to the first token message) with its completion,
+    when `clients` ask at the same moment."""
     sessions = [await Client.open(url, temperature=0, maxOutputTokens=max_tokens) for _ in range(clients)]
     started = time.perf_counter()
     results = await asyncio.gather(*(s.ask(PROMPT, f"c{i}") for i, s in enumerate(sessions)))
@@ -148,7 +148,7 @@ async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, li
     for session in sessions:
         await session.close()
     tokens = sum(message["usage"]["completion_tokens"] for _, _, message in results)
-    return tokens / elapsed, [ttft for ttft, _, _ in results]
+    return tokens / elapsed, [(ttft, message) for ttft, _, message in results]
 
 
 def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
@@ -160,7 +160,7 @@ def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None
         try:
             for clients in ((8,) if label == "sequential" else (1, 2, 4, 8)):
                 samples = [asyncio.run(concurrent(server.ws_url(), clients, max_tokens)) for _ in range(runs)]
-                rate, worst = median([s[0] for s in samples]), median([max(s[1]) for s in samples])
+                rate, worst = median([s[0] for s in samples]), median([max(ttft for ttft, _ in s[1]) for s in samples])
                 figures[label, clients] = rate, worst
                 print(f"{clients:>8}{label:>16}{rate:>12.0f}{1000 * worst:>15.1f}")
         finally:
@@ -287,19 +287,21 @@ async def ask_upstream(client: httpx.AsyncClient, url: str, model: str, max_toke
     return (first or time.perf_counter()) - sent, tokens
 
 
-async def upstream_round(url: str, model: str, sessions: int, max_tokens: int) -> tuple[float, float]:
-    """(median TTFT, aggregate tokens/s) of `sessions` direct streams started together."""
+async def upstream_round(url: str, model: str, sessions: int, max_tokens: int) -> tuple[float, float, float]:
+    """(median TTFT, aggregate tokens/s, 0) of `sessions` direct streams started together."""
     async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(ask_upstream(client, url, model, max_tokens) for _ in range(sessions)))
         elapsed = time.perf_counter() - started
-    return median([ttft for ttft, _ in results]), sum(tokens for _, tokens in results) / elapsed
+    return median([ttft for ttft, _ in results]), sum(tokens for _, tokens in results) / elapsed, 0.0
 
 
-async def mlxd_round(ws_url: str, sessions: int, max_tokens: int) -> tuple[float, float]:
-    """The same through mlxd."""
-    rate, ttfts = await concurrent(ws_url, sessions, max_tokens)
-    return median(ttfts), rate
+async def mlxd_round(ws_url: str, sessions: int, max_tokens: int) -> tuple[float, float, float]:
+    """The same through mlxd, and mlxd's own share of the TTFT: the client's TTFT less the server's own
+    (from the engine starting the job to its first token: for the openai engine, the upstream's first byte)."""
+    rate, results = await concurrent(ws_url, sessions, max_tokens)
+    return (median([ttft for ttft, _ in results]), rate,
+            median([ttft - message["time_to_first_token"] for ttft, message in results]))
 
 
 def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -> None:
@@ -310,7 +312,7 @@ def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -
         front = start(None, scratch, "front", "--engine", "openai", "--upstream", upstream.url,
                       "--upstream-model", str(Path(model).resolve()))
         local = start(model, scratch, "local")
-        figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        figures: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for sessions in UPSTREAM_SESSIONS:
             for _ in range(runs + 1):  # the first of each is a warm-up, left out
                 for label, round_ in (
@@ -325,16 +327,17 @@ def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -
         upstream.stop()
     print(f"\n[openai] tiny llama, {max_tokens} tokens per session, greedy, median of {runs} interleaved runs;"
           " added TTFT and the tok/s ratio are medians of the per-run differences and ratios")
-    print(f"{'sessions':>8}{'path':>10}{'TTFT ms':>10}{'agg tok/s':>11}   vs upstream alone")
+    print(f"{'sessions':>8}{'path':>10}{'TTFT ms':>10}{'agg tok/s':>11}{'own ms':>8}   vs upstream alone "
+          "(own: the TTFT less the server's own time to first token)")
     for sessions in UPSTREAM_SESSIONS:
         floor = figures["upstream", sessions][1:]
         for label in ("upstream", "front", "local"):
             measured = figures[label, sessions][1:]
-            ttft, rate = median([run[0] for run in measured]), median([run[1] for run in measured])
+            ttft, rate, own = (median([run[i] for run in measured]) for i in range(3))
             added = median([run[0] - base[0] for run, base in zip(measured, floor, strict=True)])
             ratio = median([run[1] / base[1] for run, base in zip(measured, floor, strict=True)])
             versus = "" if label == "upstream" else f"TTFT {1000 * added:+.2f} ms, tok/s x{ratio:.3f}"
-            print(f"{sessions:>8}{label:>10}{1000 * ttft:>10.2f}{rate:>11.0f}   {versus}")
+            print(f"{sessions:>8}{label:>10}{1000 * ttft:>10.2f}{rate:>11.0f}{1000 * own:>8.2f}   {versus}")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

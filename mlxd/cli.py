@@ -13,13 +13,14 @@ from mlxd.settings import Settings, add_serve_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token
+    from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token, resolve_upstream_token
 
     settings = Settings.from_args(args)
     try:
         token = resolve_token(settings)
         check_exposure(settings, token is not None)
         check_tls(settings)
+        upstream_token = resolve_upstream_token(settings)
     except StartupError as exc:
         print(f"mlxd serve: {exc}", file=sys.stderr)
         return 2
@@ -31,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mlxd.server.serve import serve
 
     configure_logging(settings.log_level, settings.log_format)
-    return serve(settings, token, blas)
+    return serve(settings, token, blas, upstream_token)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,6 +99,13 @@ class Metrics:
         self.model_loaded = Gauge("mlxd_model_loaded", "1 once the model is loaded", registry=registry)
         self.model_load_seconds = Gauge("mlxd_model_load_seconds", "Time the model took to load",
                                         registry=registry)
+        self.upstream_requests = Counter("mlxd_upstream_requests", "Requests sent to the upstream server, by "
+                                         "outcome (finish reason, cancelled or error)", ["outcome"], registry=registry)
+        self.upstream_errors = Counter("mlxd_upstream_errors", "Upstream requests that failed (unreachable, timeout, "
+                                       "http_<status>, stream_cut)", ["reason"], registry=registry)
+        self.upstream_first_byte = Histogram("mlxd_upstream_first_byte_seconds", "From sending an upstream request "
+                                             "to its first streamed delta", buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_in_flight = Gauge("mlxd_upstream_in_flight", "Upstream requests in flight", registry=registry)
         for kind in ("request", "frame"):
             self.queue_depth.labels(kind=kind)
 

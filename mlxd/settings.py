@@ -48,6 +48,15 @@ class Settings:
     idle_timeout: float = 600.0
     send_timeout: float = 30.0
     max_backlog: int = 10_000
+    engine: str = "local"
+    upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_modalities: str = "text"
+    upstream_token_file: str | None = None
+    upstream_concurrency: int = 16
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
+    upstream_health_interval: float = 2.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -128,6 +137,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "again skips the vision tower; 0 turns it off (default: %(default)s)")
     _add_access_arguments(parser, d)
     _add_connection_arguments(parser, d)
+    _add_upstream_arguments(parser, d)
 
 
 def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
@@ -164,4 +174,28 @@ def _add_connection_arguments(parser: argparse.ArgumentParser, d: Settings) -> N
                         help="disconnect a client that has not read for this many seconds (default: %(default)s)")
     parser.add_argument("--max-backlog", type=positive_int, default=d.max_backlog,
                         help="events waiting to be sent to one client; past it the client is disconnected "
+                        "(default: %(default)s)")
+
+
+def _add_upstream_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--engine", default=d.engine, choices=["local", "openai"],
+                        help="local: run the model in this process; openai: send every job to an "
+                        "OpenAI-compatible chat-completions server, --upstream (default: %(default)s)")
+    parser.add_argument("--upstream", default=d.upstream, metavar="URL",
+                        help="base URL of the upstream server with --engine openai, e.g. http://127.0.0.1:8080/v1")
+    parser.add_argument("--upstream-model", default=d.upstream_model, metavar="NAME",
+                        help="model named in every upstream request (default: the first id of its /v1/models)")
+    parser.add_argument("--upstream-modalities", default=d.upstream_modalities, choices=["text", "text,image"],
+                        help="what the upstream model takes; images and frames go "
+                        "only to one that takes images (default: text)")
+    parser.add_argument("--upstream-token-file", default=d.upstream_token_file, metavar="PATH",
+                        help="file (mode 0600) with the token sent upstream as Authorization: Bearer")
+    parser.add_argument("--upstream-concurrency", type=positive_int, default=d.upstream_concurrency,
+                        help="jobs in flight upstream at most (default: %(default)s)")
+    parser.add_argument("--upstream-connect-timeout", type=positive_float, default=d.upstream_connect_timeout,
+                        help="seconds to connect to the upstream (default: %(default)s)")
+    parser.add_argument("--upstream-read-timeout", type=positive_float, default=d.upstream_read_timeout,
+                        help="seconds the upstream may stay silent within a response (default: %(default)s)")
+    parser.add_argument("--upstream-health-interval", type=positive_float, default=d.upstream_health_interval,
+                        help="seconds between probes of the upstream's /models, which /readyz follows "
                         "(default: %(default)s)")

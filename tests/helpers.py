@@ -100,13 +100,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        terminate(self.process)
         self._log.close()
         return self.process.returncode
 
@@ -116,6 +110,17 @@ def rss_bytes(pid: int) -> int:
     result = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=10,
                             check=False)
     return 1024 * int(result.stdout.strip() or 0)
+
+
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, as a service manager stops a server; SIGKILL if it is not gone within 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
 
 
 class RawClient:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from mlxd import errors
 from mlxd.dialogue import Message
+from mlxd.engine.base import FAILED, LOADING, READY, STOPPED
 from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.model_choice import ModelChoice, resolve
@@ -37,7 +38,6 @@ from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.engine")
 
-LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
 DECODED_IMAGES_KEPT = 16
 
 
@@ -203,7 +203,7 @@ class Engine:
             messages, images = self._prompt(response)
             if job.dialogue is not None:
                 response.conversation = self._conversations.setdefault(job.session_id, Conversation())
-            instructions = self._instructions(job)
+            instructions = job.prompt_instructions
             if self._batch is not None and self._batch.accepts(job.config, response.conversation):
                 uid = self._batch.add(messages, instructions, images, job.max_tokens, job.config,
                                       response.conversation)
@@ -220,12 +220,6 @@ class Engine:
             self._finish(job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                           job.request_id, job.input_type))
 
-    @staticmethod
-    def _instructions(job: Job) -> str | None:
-        if job.instructions is not None or job.dialogue is None:
-            return job.instructions
-        return job.dialogue.instructions
-
     def _prompt(self, response: _Response) -> tuple[list[Message], list[Image.Image]]:
         """The messages to prompt with (a conversation's turn is committed now, and the conversation cut to
         its budget) and their images, decoded."""
@@ -240,7 +234,7 @@ class Engine:
                 decoded[id(image)] = self._decode(image, job)
         if job.dialogue is not None:
             assert self.model is not None
-            instructions = self._instructions(job)
+            instructions = job.prompt_instructions
             messages = within_budget(messages, lambda kept: self.model.count_tokens(  # type: ignore[union-attr]
                 kept, instructions, [decoded[id(image)] for image in images_of(kept)]), self.settings.context_tokens)
         return messages, [decoded[id(image)] for image in images_of(messages)]
@@ -309,9 +303,6 @@ class Engine:
 
     def _complete(self, response: _Response, finish_reason: str) -> None:
         """End a response that started; a conversation keeps its answer, or what was generated of it."""
-        job = response.job
         event = response.completed(finish_reason)
-        if job.dialogue is not None and response.generation is not None and (
-                event.full_text or finish_reason in ("stop", "length")):
-            job.dialogue.record_answer(event.full_text, job.answer_id, response.generation)
-        self._finish(job, event)
+        response.job.record_answer(event.full_text, finish_reason, response.generation)
+        self._finish(response.job, event)

@@ -19,7 +19,6 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from mlxd.engine.model_choice import choose_model
 from mlxd.server.access import WILDCARD_HOSTS
 from mlxd.server.app import Server, create_app
 from mlxd.settings import DEFAULT_PORT, Settings
@@ -78,14 +77,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
+def serve(settings: Settings, token: str | None = None, blas: Path | None = None,
+          upstream_token: str | None = None) -> int:
     try:
         listener = listen(settings.host, settings.port)
     except OSError as exc:
         print(f"mlxd serve: {exc.strerror}", file=sys.stderr)
         return 2
-    choice = choose_model(settings.model)
-    server = Server(settings, choice, token)
+    server = Server(settings, token, upstream_token)
+    engine = server.engine.status()
     config = uvicorn.Config(
         create_app(server),
         host=settings.host,
@@ -102,7 +102,8 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
-    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason,
+    log.info("starting", host=settings.host, port=settings.port, engine=settings.engine, model=engine["model"],
+             model_reason=engine["model_reason"],
              tls=settings.tls_cert is not None, token=token is not None, blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)

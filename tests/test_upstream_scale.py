@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from mlxd.dialogue import Message, Part, user_message
-from mlxd.engine.chat_request import image_url, images_sent, request_messages
+from mlxd.engine.chat_request import image_url, request_messages
+from mlxd.engine.prompts import images_of
 from mlxd.settings import Settings
 from tests.helpers import (
     ServerProcess,
@@ -141,7 +142,7 @@ def test_vllm_router_keeps_a_session_on_one_replica_and_spreads_sessions(start_s
 def test_a_conversation_becomes_chat_messages_with_its_images_in_place():
     messages = [Message("system", (Part(text="Look closely."),)), user_message("What is this?", ["IMG1"]),
                 Message("assistant", (Part(text="A cat."),)), user_message("And now?", ["IMG2"])]
-    assert images_sent(messages) == ["IMG1", "IMG2"]
+    assert images_of(messages) == ["IMG1", "IMG2"]
     sent = request_messages(messages, "Be brief.", ["data:1", "data:2"])
     assert sent == [
         {"role": "system", "content": "Be brief.\n\nLook closely."},

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlxd.dialogue import Message
-from mlxd.engine.prompts import chat_messages
+from mlxd.engine.prompts import chat_messages, images_of
 from mlxd.generation import GenerationConfig
 from mlxd.media import decode_image
 from mlxd.settings import Settings
@@ -33,14 +33,9 @@ def image_url(data: str | bytes, settings: Settings) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def images_sent(messages: Sequence[Message]) -> list[str | bytes]:
-    """The images that reach the request, in order (a system turn carries text only)."""
-    return [image for message in messages if message.role != "system" for image in message.images]
-
-
 def estimated_tokens(messages: Sequence[Message]) -> int:
     return sum(len(message.text) for message in messages) // CHARS_PER_TOKEN + TOKENS_PER_IMAGE * len(
-        images_sent(messages))
+        images_of(messages))
 
 
 def request_messages(messages: Sequence[Message], instructions: str | None, urls: Sequence[str]) -> list[dict]:

@@ -24,9 +24,9 @@ import structlog
 from mlxd import errors
 from mlxd.dialogue import Message
 from mlxd.engine.base import LOADING, READY, STOPPED, UNAVAILABLE
-from mlxd.engine.chat_request import estimated_tokens, image_url, images_sent, request_body, request_messages
+from mlxd.engine.chat_request import estimated_tokens, image_url, request_body, request_messages
 from mlxd.engine.chat_stream import ChatStream, UpstreamFault, error_text
-from mlxd.engine.prompts import within_budget
+from mlxd.engine.prompts import images_of, within_budget
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ServerEvent
 from mlxd.metrics import Metrics
@@ -147,9 +147,9 @@ class UpstreamEngine:
                 if job.is_frame:
                     self.metrics.frame_age.observe(stream.started - job.received_at)
                 model = await self._model_name(client)
-                await self._image_urls(images_sent(job.turn), job)  # a bad new image is refused before it is kept
+                await self._image_urls(images_of(job.turn), job)  # a bad new image is refused before it is kept
                 messages, generation = self._prompt(job)
-                urls = await self._image_urls(images_sent(messages), job)
+                urls = await self._image_urls(images_of(messages), job)
                 body = request_body(model, request_messages(messages, job.prompt_instructions, urls), job.config,
                                     job.max_tokens)
                 outcome = "error"

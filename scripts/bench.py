@@ -9,6 +9,9 @@ Sections (all by default, or pick with --only):
             (the whole conversation prefilled again)
   frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+  realtime  OpenAI Realtime through the python SDK vs the original protocol on one server (smollm2-135m unless
+            --model): TTFT and tok/s ratios, the warm second turn, the frame loop's answered-frame age
+            (scripts/bench_realtime.py)
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
@@ -40,7 +43,7 @@ from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames")
+SECTIONS = ("single", "batching", "history", "frames", "realtime")
 
 
 def median(values: list[float]) -> float:
@@ -284,9 +287,16 @@ def main() -> None:
             batching(tiny_text, scratch, args.max_tokens, args.runs)
         if "history" in sections:
             history(tiny_text, scratch, args.runs)
-        if "frames" in sections:
+        if {"frames", "realtime"} & set(sections):
             vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
+        if "frames" in sections:
             frames(vision, scratch, args.fps, args.seconds, args.frame_tokens, args.wire_frames)
+        if "realtime" in sections:
+            from bench_realtime import realtime
+
+            realtime(args.model or "smollm2-135m", vision, lambda model, name: start(model, scratch, name), Client,
+                     PROMPT, args.max_tokens, args.runs, args.fps, args.seconds, args.frame_tokens,
+                     encoded_image(640, 480))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `mlxd` command line: `serve`, and the service commands (`install`, `start`, ...)."""
+"""The `mlxd` command line: `serve`, the client commands (`ask`, `watch`) and the service commands (`install`, ...)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mlxd import __version__
+from mlxd.client_cli import add_client_commands
 from mlxd.service import add_service_commands
 from mlxd.settings import Settings, add_serve_arguments
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the WebSocket server in the foreground")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+    add_client_commands(commands)
     add_service_commands(commands)
     return parser
 

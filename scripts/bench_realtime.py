@@ -18,6 +18,8 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
+from mlxd.client import Client
+
 
 def user_item(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
@@ -47,20 +49,20 @@ async def respond(connection, response: dict[str, Any] | None = None) -> tuple[f
     return first - sent, (tokens - 1) / (ended - first) if tokens > 1 and ended > first else 0.0, event.response
 
 
-def text_turns(server, client_class, prompt: str, max_tokens: int, runs: int) -> dict[str, float]:
+def text_turns(server, timed_ask: Callable, prompt: str, max_tokens: int, runs: int) -> dict[str, float]:
+    """`timed_ask(client, prompt)` times one answer of the original protocol, as scripts/bench.py does."""
     async def interleaved() -> dict[str, float]:
-        original = await client_class.open(server.ws_url(), temperature=0, maxOutputTokens=max_tokens)
         samples: dict[str, list[float]] = {"ttft": [], "rate": [], "rt_ttft": [], "rt_rate": []}
-        async with connect(server) as connection:
+        async with Client(server.ws_url()) as original, connect(server) as connection:
+            await original.configure(temperature=0, maxOutputTokens=max_tokens)
             await connection.session.update(session={"type": "realtime", "max_output_tokens": max_tokens,
                                                      "temperature": 0})
             for run in range(runs + 1):
-                ttft, rate, _ = await original.ask(prompt, f"r{run}")
+                ttft, rate, _ = await timed_ask(original, prompt)
                 rt_ttft, rt_rate, _ = await respond(connection, {"conversation": "none", "input": [user_item(prompt)]})
                 if run:  # the first of each warms up
                     for name, value in zip(samples, (ttft, rate, rt_ttft, rt_rate), strict=True):
                         samples[name].append(value)
-        await original.close()
         return {name: statistics.median(values) for name, values in samples.items()}
 
     return asyncio.run(interleaved())
@@ -114,11 +116,11 @@ def frame_loop(server, jpeg: bytes, fps: float, seconds: float, max_tokens: int)
     return asyncio.run(loop())
 
 
-def realtime(text_model: str, vision_model: str, start: Callable, client_class, prompt: str, max_tokens: int,
+def realtime(text_model: str, vision_model: str, start: Callable, timed_ask: Callable, prompt: str, max_tokens: int,
              runs: int, fps: float, seconds: float, frame_tokens: int, jpeg: bytes) -> None:
     server = start(text_model, "realtime")
     try:
-        turns = text_turns(server, client_class, prompt, max_tokens, runs)
+        turns = text_turns(server, timed_ask, prompt, max_tokens, runs)
         first, second, prompt_tokens, cached = second_turns(server, " ".join([prompt] * 20), runs)
     finally:
         server.stop()

@@ -5,12 +5,15 @@ protocol, on the same server and model, runs interleaved.
     protocol's `text_input`), measured at the client: the overhead of the wire is the difference;
   - the warm second turn of a default-conversation exchange (its prefix is cached): TTFT and cached tokens;
   - the live loop on a vision model: frames appended at `fps`, a `response.create` (conversation none) on each
-    `response.done`; the age of the answered frame when its response is created.
+    `response.done`; the age of the answered frame when its response is created;
+  - the wires' own cost in this process, which a busy machine does not blur: the server's work before the
+    first token (parse the request, write what precedes the first delta) and per token, for both wires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +22,10 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from mlxd.client import Client
+from mlxd.events import ResponseStarted, TokenText
+from mlxd.protocols.mlxws import MlxwsWire
+from mlxd.protocols.openai_realtime import RealtimeWire
+from mlxd.settings import Settings
 
 
 def user_item(text: str) -> dict[str, Any]:
@@ -116,6 +123,42 @@ def frame_loop(server, jpeg: bytes, fps: float, seconds: float, max_tokens: int)
     return asyncio.run(loop())
 
 
+def microseconds(work: Callable[[], object], count: int = 2000) -> float:
+    """Best of five rounds: the least a busy machine adds."""
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(count):
+            work()
+        rounds.append((time.perf_counter() - started) / count)
+    return 1e6 * min(rounds)
+
+
+def wire_cost(prompt: str) -> dict[str, float]:
+    settings = Settings()
+    out_of_band = {"conversation": "none", "input": [user_item(prompt)]}
+    request = json.dumps({"type": "response.create", "response": out_of_band})
+    original_request = json.dumps({"type": "text_input", "content": prompt, "id": "q"})
+
+    def realtime_first() -> None:
+        wire = RealtimeWire(settings, "model")
+        (respond,) = wire.parse(request)
+        wire.encode(ResponseStarted(respond.request_id, "text"))
+
+    def original_first() -> None:
+        wire = MlxwsWire(settings)
+        wire.parse(original_request)
+        wire.encode(ResponseStarted("q", "text"))
+
+    streaming = RealtimeWire(settings, "model")
+    (respond,) = streaming.parse(request)
+    streaming.encode(ResponseStarted(respond.request_id, "text"))
+    original = MlxwsWire(settings)
+    return {"first": microseconds(realtime_first), "original_first": microseconds(original_first),
+            "token": microseconds(lambda: streaming.encode(TokenText(respond.request_id, " Paris"))),
+            "original_token": microseconds(lambda: original.encode(TokenText("q", " Paris")))}
+
+
 def realtime(text_model: str, vision_model: str, start: Callable, timed_ask: Callable, prompt: str, max_tokens: int,
              runs: int, fps: float, seconds: float, frame_tokens: int, jpeg: bytes) -> None:
     server = start(text_model, "realtime")
@@ -131,6 +174,10 @@ def realtime(text_model: str, vision_model: str, start: Callable, timed_ask: Cal
     print(f"{'openai realtime':20}{1000 * turns['rt_ttft']:>10.2f}{turns['rt_rate']:>10.1f}")
     print(f"  realtime / original: tok/s {turns['rt_rate'] / turns['rate']:.3f}, TTFT "
           f"{1000 * (turns['rt_ttft'] - turns['ttft']):+.2f} ms")
+    cost = wire_cost(prompt)
+    print(f"  wire cost in process: before the first token {cost['first']:.0f} us (original "
+          f"{cost['original_first']:.0f} us), per token {cost['token']:.1f} us "
+          f"(original {cost['original_token']:.1f} us)")
     print(f"  conversation: turn 1 TTFT {1000 * first:.1f} ms, warm turn 2 {1000 * second:.1f} ms "
           f"({prompt_tokens} input tokens, {cached} cached)")
     server = start(vision_model, "realtime-frames")

@@ -18,13 +18,15 @@ INTERNAL = "internal"
 
 
 class ClientError(Exception):
-    """A refusal the client is told about; the connection and the session carry on."""
+    """A refusal the client is told about; the connection and the session carry on. `field` names the input
+    field at fault in the protocol's own terms, for a protocol whose errors say which (OpenAI's `param`)."""
 
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, request_id: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.field = field
 
 
 def model_text_only(model: str, request_id: str | None) -> ClientError:

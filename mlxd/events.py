@@ -69,11 +69,12 @@ class ErrorReport:
     message: str
     request_id: str | None = None
     input_type: str | None = None
+    field: str | None = None
 
 
 @dataclass(frozen=True)
 class MessageAdded:
-    """The session itself put a message into the conversation (a committed frame)."""
+    """A message entered the conversation: one a client added, or a frame the session committed."""
 
     message: Message
     request_id: str | None = None

@@ -81,14 +81,15 @@ WhenBusy = Literal["interrupt", "wait", "refuse"]
 class Respond:
     """Ask for an answer, prompted with the instructions, the conversation, the pending turn and the newest
     offered frame; it is recorded in the conversation as `answer_id`. Out of band, it sees only `input` (and
-    the instructions and the frame) and records nothing. `when_busy` says what happens to a conversation
-    answer still running: cut it (its text so far stays), wait for it, or refuse this one. A frame that it
-    commits as a message of its own (nothing else is pending) gets the id `frame_id`."""
+    the instructions and the frame) and records nothing; an `input` entry may also be the id of a message of
+    the conversation. `when_busy` says what happens to a conversation answer still running: cut it (its text
+    so far stays), wait for it, or refuse this one. A frame that it commits as a message of its own (nothing
+    else is pending) gets the id `frame_id`."""
 
     request_id: str
     answer_id: str | None = None
     out_of_band: bool = False
-    input: tuple[Message, ...] = ()
+    input: tuple[Message | str, ...] = ()
     instructions: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import re
+from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -48,28 +50,46 @@ def _image_bytes(data: str | bytes) -> bytes:
         raise ClientError(errors.IMAGE_DECODE_FAILED, f"image is not valid base64: {exc}") from None
 
 
+def inspect_image(data: str | bytes, *, max_bytes: int, max_pixels: int) -> None:
+    """Refuse an image that is not a JPEG, PNG or WebP, or is too large, from its header: no pixels are
+    decoded, so a protocol may check an image when it arrives without stalling the event loop."""
+    with _refusals():
+        _open(data, max_bytes, max_pixels)
+
+
 def decode_image(data: str | bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> Image.Image:
     """Decode a JPEG, PNG or WebP image, refuse what is too large, and resize so its longest side fits."""
-    check_encoded_size(data, max_bytes)
-    raw = _image_bytes(data)
-    try:
-        image = Image.open(io.BytesIO(raw))
-        if image.format not in ACCEPTED_FORMATS:
-            raise ClientError(errors.IMAGE_DECODE_FAILED,
-                              f"image format {image.format} is not accepted (JPEG, PNG or WebP)")
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ClientError(errors.IMAGE_TOO_LARGE,
-                              f"image is {width}x{height} pixels, the limit is {max_pixels} pixels")
+    with _refusals():
+        image = _open(data, max_bytes, max_pixels)
         if image.format == "JPEG":
             image.draft("RGB", (max_side, max_side))
         image = image.convert("RGB")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return image
+
+
+def _open(data: str | bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    check_encoded_size(data, max_bytes)
+    image = Image.open(io.BytesIO(_image_bytes(data)))
+    if image.format not in ACCEPTED_FORMATS:
+        raise ClientError(errors.IMAGE_DECODE_FAILED,
+                          f"image format {image.format} is not accepted (JPEG, PNG or WebP)")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ClientError(errors.IMAGE_TOO_LARGE,
+                          f"image is {width}x{height} pixels, the limit is {max_pixels} pixels")
+    return image
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """Pillow's failures, as the refusals a client is told about."""
+    try:
+        yield
     except Image.DecompressionBombError as exc:
         raise ClientError(errors.IMAGE_TOO_LARGE, f"image declares too many pixels: {exc}") from None
     except ClientError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ClientError(errors.IMAGE_DECODE_FAILED, f"image could not be decoded: {exc}") from None
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    return image

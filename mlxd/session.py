@@ -120,7 +120,7 @@ class Session:
             self.outbox.put(ConversationReset(intent.request_id))
 
     def refuse(self, exc: ClientError, input_type: str | None = None) -> None:
-        self.outbox.put(ErrorReport(exc.code, exc.message, exc.request_id, input_type))
+        self.outbox.put(ErrorReport(exc.code, exc.message, exc.request_id, input_type, exc.field))
 
     def throttle(self, intent: Intent) -> None:
         """Refuse an intent over the connection's rate: a frame is dropped, anything else gets an error."""
@@ -209,19 +209,32 @@ class Session:
         try:
             self.dialogue.add(intent.messages, intent.after)
         except KeyError:
-            raise ClientError(errors.NOT_FOUND, f"no message {intent.after!r} in the conversation",
-                              intent.request_id) from None
+            raise self._not_found(intent.after, intent.request_id) from None
+        for message in intent.messages:
+            self.outbox.put(MessageAdded(message, intent.request_id))
 
     def _message(self, intent: DeleteMessage | RetrieveMessage) -> None:
+        if isinstance(intent, RetrieveMessage):
+            self.outbox.put(MessageRetrieved(self._find(intent.message_id, intent.request_id), intent.request_id))
+            return
         try:
-            if isinstance(intent, DeleteMessage):
-                self.dialogue.delete(intent.message_id)
-                self.outbox.put(MessageDeleted(intent.message_id, intent.request_id))
-            else:
-                self.outbox.put(MessageRetrieved(self.dialogue.get(intent.message_id), intent.request_id))
+            self.dialogue.delete(intent.message_id)
         except KeyError:
-            raise ClientError(errors.NOT_FOUND, f"no message {intent.message_id!r} in the conversation",
-                              intent.request_id) from None
+            raise self._not_found(intent.message_id, intent.request_id) from None
+        self.outbox.put(MessageDeleted(intent.message_id, intent.request_id))
+
+    def _find(self, message: Message | str, request_id: str | None) -> Message:
+        """A message, or the conversation's message with that id."""
+        if isinstance(message, Message):
+            return message
+        try:
+            return self.dialogue.get(message)
+        except KeyError:
+            raise self._not_found(message, request_id) from None
+
+    @staticmethod
+    def _not_found(message_id: str | None, request_id: str | None) -> ClientError:
+        return ClientError(errors.NOT_FOUND, f"no message {message_id!r} in the conversation", request_id)
 
     def _offer_frame(self, data: str | bytes) -> None:
         self._frame_received()
@@ -232,7 +245,8 @@ class Session:
         self._frame = data
 
     def _respond(self, intent: Respond) -> None:
-        self._engine_ready_for(intent.request_id, self._frame is not None)
+        given = tuple(self._find(message, intent.request_id) for message in intent.input)
+        self._engine_ready_for(intent.request_id, self._frame is not None or any(m.images for m in given))
         running = self._conversation_jobs()
         if running and not intent.out_of_band:
             if intent.when_busy == "refuse":
@@ -244,10 +258,10 @@ class Session:
         self._frame = None
         config = self.config if intent.temperature is None else replace(self.config, temperature=intent.temperature)
         max_tokens = intent.max_tokens or self.config.max_tokens
-        input_type = "image" if frame or any(message.images for message in intent.input) else "text"
+        input_type = "image" if frame or any(message.images for message in given) else "text"
         if intent.out_of_band:
             instructions = self.dialogue.instructions if intent.instructions is None else intent.instructions
-            job = self._job(intent.request_id, input_type, False, (*frame, *intent.input), instructions,
+            job = self._job(intent.request_id, input_type, False, (*frame, *given), instructions,
                             max_tokens, config)
         else:
             turn = (*frame, *self._pending_turn)

@@ -14,6 +14,9 @@ Sections (all by default, or pick with --only):
   openai    (--engine openai) 1, 4 and 8 sessions three ways: mlx_lm.server alone (streamed by an HTTP client
             here: the floor), mlxd --engine openai in front of it, and mlxd local; runs interleaved. Median TTFT
             and what mlxd adds over the upstream alone, aggregate tokens/s and its ratio to the upstream alone
+  realtime  OpenAI Realtime through the python SDK vs the original protocol on one server (smollm2-135m unless
+            --model): TTFT and tok/s ratios, the warm second turn, the frame loop's answered-frame age
+            (scripts/bench_realtime.py)
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
@@ -54,7 +57,7 @@ from tests.tiny_models import build_text_model, build_vision_model
 from tests.upstreams import mlx_lm_server
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames", "peers")
+SECTIONS = ("single", "batching", "history", "frames", "peers", "realtime")
 UPSTREAM_SESSIONS = (1, 4, 8)
 
 
@@ -364,6 +367,12 @@ def main() -> None:
             text_peers(args.model or tiny_text, scratch, BLAS, args.peer_rounds, tuple(args.peer_tokens))
             vision_peers(vision, scratch, BLAS, args.peer_rounds, args.peer_tokens[0], args.peer_fps, args.seconds)
             print(f"load after `peers`: {os.getloadavg()}")
+        if "realtime" in sections:
+            from bench_realtime import realtime
+
+            realtime(args.model or "smollm2-135m", vision, lambda model, name: start(model, scratch, name), timed_ask,
+                     PROMPT, args.max_tokens, args.runs, args.fps, args.seconds, args.frame_tokens,
+                     encoded_image(640, 480))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -270,3 +271,17 @@ def run_concurrently(function, count: int, timeout: float = 60) -> list:
     for thread in threads:
         thread.join(timeout=timeout)
     return results
+
+
+def wait_ready_over_tls(server: ServerProcess, cert: Path, timeout: float = 60) -> ssl.SSLContext:
+    """Wait until a server started with --tls-cert answers /readyz over https; returns a context trusting it."""
+    trust = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"https://127.0.0.1:{server.port}/readyz", verify=trust, timeout=5).status_code == 200:
+                return trust
+        except httpx.HTTPError:
+            assert server.process.poll() is None, server.log_text()
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from websockets.sync.client import connect
 from mlxd.server.access import Access, host_is_loopback
 from mlxd.service import probe_health
 from mlxd.settings import Settings
-from tests.helpers import REPO, receive, run_request, send
+from tests.helpers import REPO, receive, run_request, send, wait_ready_over_tls
 
 TOKEN = "s3cret-Token_0123456789"
 
@@ -156,17 +155,7 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 def test_tls_serves_wss_and_https(start_server, tiny_text_model, tmp_path: Path):
     cert, key = self_signed_certificate(tmp_path)
     server = start_server(tiny_text_model, "--tls-cert", str(cert), "--tls-key", str(key), wait=None)
-    trust = ssl.create_default_context(cafile=str(cert))
-    url = f"https://127.0.0.1:{server.port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", verify=trust, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert server.process.poll() is None, server.log_text()
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.1)
+    trust = wait_ready_over_tls(server, cert)
     with connect(f"wss://127.0.0.1:{server.port}/", ssl=trust, open_timeout=10) as ws:
         send(ws, {"type": "config", "maxOutputTokens": 2})
         receive(ws)

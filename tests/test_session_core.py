@@ -136,5 +136,16 @@ def test_interrupt_and_unknown_ids(session):
     session.handle(AddMessages((user_message("y", message_id="y"),)))
     session.handle(DeleteMessage("y", "d2"))
     codes = [(e.code, e.request_id) if isinstance(e, ErrorReport) else type(e).__name__ for e in events(session)]
-    assert codes == [(errors.NOT_FOUND, "d1"), (errors.NOT_FOUND, "a1"), "MessageDeleted"]
+    assert codes == [(errors.NOT_FOUND, "d1"), (errors.NOT_FOUND, "a1"), "MessageAdded", "MessageDeleted"]
     assert not any(isinstance(e, MessageDeleted) for e in events(session))
+
+
+def test_an_out_of_band_input_may_name_a_message_of_the_conversation(session):
+    session.handle(AddMessages((user_message("kept", message_id="k"),), request_id="add"))
+    session.handle(Respond("r1", out_of_band=True, input=("k", user_message("and this"))))
+    job = session.queue.take(timeout=0)
+    assert [m.text for m in job.turn] == ["kept", "and this"] and job.dialogue is None
+    session.handle(Respond("r2", out_of_band=True, input=("gone",)))
+    added, refused = events(session)
+    assert isinstance(added, MessageAdded) and added.request_id == "add"
+    assert (refused.code, refused.request_id) == (errors.NOT_FOUND, "r2")

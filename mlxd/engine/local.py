@@ -52,6 +52,7 @@ class _Response:
     parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     last: Chunk | None = None
+    image_tokens: int = 0
 
     def add(self, chunk: Chunk, now: float) -> None:
         if self.first_token_at is None:
@@ -73,6 +74,7 @@ class _Response:
             inference_time=time.monotonic() - self.started,
             time_to_first_token=None if self.first_token_at is None else self.first_token_at - self.started,
             cached_tokens=last.cached_tokens,
+            image_tokens=self.image_tokens,
         )
 
 
@@ -201,6 +203,7 @@ class Engine:
             if job.reset_history:
                 self._conversations.pop(job.session_id, None)
             messages, images = self._prompt(response)
+            response.image_tokens = self.model.image_tokens(images)  # type: ignore[union-attr]
             if job.dialogue is not None:
                 response.conversation = self._conversations.setdefault(job.session_id, Conversation())
             instructions = job.prompt_instructions

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
-from mlxd.dialogue import Message
+from mlxd.dialogue import Message, Part
 from mlxd.engine.conversation import Conversation, common_prefix, trim_cache
 from mlxd.engine.prompts import chat_messages, render
 from mlxd.generation import GenerationConfig
@@ -40,6 +40,8 @@ class LoadedModel(Protocol):
 
     def count_tokens(self, messages: Sequence[Message], instructions: str | None,
                      images: list[Image.Image]) -> int: ...
+
+    def image_tokens(self, images: list[Image.Image]) -> int: ...
 
     def generate(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
                  max_tokens: int, config: GenerationConfig) -> Iterator[Chunk]: ...
@@ -79,6 +81,9 @@ class TextModel:
 
         self.name = name
         self.model, self.tokenizer = mlx_lm.load(str(path))
+
+    def image_tokens(self, images: list[Image.Image]) -> int:
+        return 0  # a text model is never given images: they are refused before
 
     def prompt_ids(self, messages: Sequence[Message], instructions: str | None) -> list[int]:
         if not self.tokenizer.has_chat_template:
@@ -126,6 +131,20 @@ class VisionModel:
         self.model, self.processor = mlx_vlm.load(str(path))
         eos = self.model.config.eos_token_id
         self.stop_tokens = set(eos if isinstance(eos, list) else [eos])
+        self._image_tokens_by_size: dict[tuple[int, int], int] = {}
+
+    def image_tokens(self, images: list[Image.Image]) -> int:
+        """The prompt tokens these images take, counted once per image size (the processor's work is the
+        same for every image of a size), so a stream of frames pays for it once."""
+        image_token = getattr(self.model.config, "image_token_index", None)
+        total = 0
+        for image in images:
+            if image.size not in self._image_tokens_by_size:
+                text = self.prompt_text([Message("user", (Part(image=b""),))], None, 1)
+                ids = self._inputs(text, [image])["input_ids"].reshape(-1).tolist()
+                self._image_tokens_by_size[image.size] = ids.count(image_token) if image_token is not None else 0
+            total += self._image_tokens_by_size[image.size]
+        return total
 
     def prompt_text(self, messages: Sequence[Message], instructions: str | None, num_images: int) -> str:
         """The templated prompt, with one marker per image where the message had it."""

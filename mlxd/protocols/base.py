@@ -34,8 +34,9 @@ Outgoing = str | bytes | Close
 
 
 class Wire(Protocol):
-    def opening(self) -> Sequence[str | bytes]:
-        """What the server sends first, unprompted, once the connection is accepted."""
+    def opening(self) -> Sequence[Outgoing]:
+        """What the server sends first, unprompted, once the connection is accepted; a Close among it refuses
+        the connection at once (after what comes before it)."""
 
     def parse(self, data: str | bytes) -> Sequence[Intent]:
         """One client message as intents; raises ClientError naming what is wrong."""
@@ -45,3 +46,14 @@ class Wire(Protocol):
 
     def farewell(self, code: int) -> Sequence[str | bytes]:
         """What to send before the server closes the connection with `code` (going away, idle)."""
+
+
+def valid_unicode(value: str) -> bool:
+    """False for lone surrogates (JSON escapes such as \\ud800): they can be neither tokenized nor sent back."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -32,6 +32,7 @@ from mlxd.events import (
 )
 from mlxd.generation import GenerationConfig
 from mlxd.intents import FRAME_TYPES, Cancel, ConfigUpdate, GetStatus, ImageInput, Intent, Reset, TextInput
+from mlxd.protocols.base import valid_unicode
 from mlxd.settings import Settings
 
 MAX_ID_CHARS = 256
@@ -63,7 +64,7 @@ def _optional_str(message: dict[str, Any], name: str, limit: int, request_id: st
         return None
     if not isinstance(value, str):
         raise ClientError(errors.INVALID_FIELD, f"{name}: must be a string", request_id)
-    if not _valid_unicode(value):
+    if not valid_unicode(value):
         raise ClientError(errors.INVALID_FIELD, f"{name}: not valid Unicode (a lone surrogate escape)", request_id)
     if len(value) > limit:
         raise ClientError(errors.TEXT_TOO_LONG, f"{name}: {len(value)} characters, the limit is {limit}",
@@ -78,22 +79,11 @@ def _required_str(message: dict[str, Any], name: str, limit: int, request_id: st
     return value
 
 
-def _valid_unicode(value: str) -> bool:
-    """False for lone surrogates (JSON escapes such as \\ud800): they can be neither tokenized nor sent back."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _request_id(message: dict[str, Any]) -> str | None:
     value = message.get("id")
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not _valid_unicode(value):
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not valid_unicode(value):
         raise ClientError(errors.INVALID_FIELD, f"id: must be a string of 1 to {MAX_ID_CHARS} characters")
     return value
 

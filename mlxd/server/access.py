@@ -5,7 +5,7 @@ always says which page opened a WebSocket (the Origin header) and a page cannot 
 other sites are refused at the handshake, before any message is read. The Host header is not trusted to
 name the server's own origin: a DNS-rebinding page controls it. A token, when set, keeps out local
 processes and other machines; browsers cannot set headers on a WebSocket, so it may also come as a query
-parameter or as a subprotocol, `mlxd.token.<token>`.
+parameter or as a subprotocol, `mlxd.token.<token>` (or OpenAI's `openai-insecure-api-key.<token>`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlxd.settings import Settings
 
 TOKEN_SUBPROTOCOL = "mlxd.token."
+OPENAI_KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser client sends its api_key
+TOKEN_SUBPROTOCOLS = (TOKEN_SUBPROTOCOL, OPENAI_KEY_SUBPROTOCOL)
+APP_SUBPROTOCOLS = ("realtime",)  # offered by OpenAI's browser client beside its key; selected, never the key
 TOKEN_ENV = "MLXD_TOKEN"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -176,8 +179,11 @@ class Access:
 
 
 def token_subprotocol(connection: HTTPConnection) -> str | None:
-    """The `mlxd.token.` subprotocol the client offered: a browser fails a handshake that does not echo it."""
-    return next((p for p in connection.scope.get("subprotocols", ()) if p.startswith(TOKEN_SUBPROTOCOL)), None)
+    """The subprotocol to select: a browser fails a handshake that offered some and got none back. An
+    application subprotocol (`realtime`) is preferred to echoing a token; OpenAI's key is never echoed."""
+    offered = connection.scope.get("subprotocols", ())
+    return (next((p for p in offered if p in APP_SUBPROTOCOLS), None)
+            or next((p for p in offered if p.startswith(TOKEN_SUBPROTOCOL)), None))
 
 
 def _offered_tokens(connection: HTTPConnection) -> list[str]:
@@ -186,8 +192,8 @@ def _offered_tokens(connection: HTTPConnection) -> list[str]:
     if scheme.lower() == "bearer" and credentials.strip():
         offered.append(credentials.strip())
     offered += [value for value in connection.query_params.getlist("token") if value]
-    offered += [p[len(TOKEN_SUBPROTOCOL):] for p in connection.scope.get("subprotocols", ())
-                if p.startswith(TOKEN_SUBPROTOCOL)]
+    offered += [p[len(prefix):] for p in connection.scope.get("subprotocols", ()) for prefix in TOKEN_SUBPROTOCOLS
+                if p.startswith(prefix)]
     return offered
 
 

@@ -33,6 +33,7 @@ from mlxd.server.access import Access, LoopbackHostGuard, is_loopback, token_sub
 from mlxd.server.connection import Connection
 from mlxd.server.loop_lag import watch_loop_lag
 from mlxd.server.page import page_routes
+from mlxd.server.realtime import realtime_endpoint
 from mlxd.session import Session
 from mlxd.settings import Settings
 
@@ -134,6 +135,7 @@ def create_app(server: Server) -> Starlette:
     routes = [
         WebSocketRoute("/", server.endpoint(MlxwsWire)),
         WebSocketRoute("/ws", server.endpoint(MlxwsWire)),
+        WebSocketRoute("/v1/realtime", realtime_endpoint(server)),
         Route("/healthz", server.healthz),
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),

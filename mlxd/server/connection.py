@@ -57,6 +57,9 @@ class Connection:
         """Serve the connection until the client leaves or the server closes it; say why if the server ended it."""
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             for message in self.wire.opening():
+                if isinstance(message, Close):  # the wire refuses this connection outright
+                    self.session.close()
+                    return await self._ended(Ending("refused", message.code, message.sendable_reason))
                 await self._send(message)
         tasks = [asyncio.create_task(work) for work in (self._read(), self._write(), self._watch())]
         try:
@@ -72,10 +75,12 @@ class Connection:
             ending: Ending | None = INTERNAL
         else:
             ending = finished.result()
-        if ending is not None:
-            self.session.metrics.disconnects.labels(reason=ending.name).inc()
-            log.info("connection_ended", session=self.session.id, reason=ending.name)
-            await self.close(ending.code, ending.reason)
+        return ending if ending is None else await self._ended(ending)
+
+    async def _ended(self, ending: Ending) -> Ending:
+        self.session.metrics.disconnects.labels(reason=ending.name).inc()
+        log.info("connection_ended", session=self.session.id, reason=ending.name)
+        await self.close(ending.code, ending.reason)
         return ending
 
     async def _read(self) -> None:

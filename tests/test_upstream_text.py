@@ -290,3 +290,20 @@ def test_the_upstream_token_goes_upstream_and_mlxds_own_never_does(start_server,
     assert body["model"] == "recorded-model" and body["stream"] is True and body["stream_options"]["include_usage"]
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert (body["temperature"], body["top_k"], body["presence_penalty"], body["max_tokens"]) == (0.5, 7, 0.25, 9)
+
+
+def test_openai_realtime_in_openai_mode_answers_as_the_original_protocol_does(front):
+    from tests.test_realtime_server import RESPONSE_SEQUENCE, kinds, run, text_of
+
+    with front.connect() as ws:
+        original = answer(ws, "Hello", "o", temperature=0, maxOutputTokens=8)
+
+    async def scenario(rt) -> None:
+        await rt.setup(max_output_tokens=8, temperature=0)
+        await rt.say("Hello")
+        events = await rt.respond()
+        assert kinds(events) == RESPONSE_SEQUENCE
+        assert text_of(events) == original["full_text"]
+        assert events[-1].response.usage.input_tokens == original["usage"]["prompt_tokens"]
+
+    run(scenario, front)

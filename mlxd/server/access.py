@@ -5,7 +5,9 @@ always says which page opened a WebSocket (the Origin header) and a page cannot 
 other sites are refused at the handshake, before any message is read. The Host header is not trusted to
 name the server's own origin: a DNS-rebinding page controls it. A token, when set, keeps out local
 processes and other machines; browsers cannot set headers on a WebSocket, so it may also come as a query
-parameter or as a subprotocol, `mlxd.token.<token>`.
+parameter or as a subprotocol, `mlxd.token.<token>`. Google's Gemini SDKs present it as their API key, in
+the forms they send unchanged: `x-goog-api-key`, `?key=`, and for ephemeral tokens `Authorization: Token`
+or `?access_token=`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlxd.settings import Settings
 
 TOKEN_SUBPROTOCOL = "mlxd.token."
+TOKEN_QUERY_PARAMETERS = ("token", "key", "access_token")
+TOKEN_AUTHORIZATION_SCHEMES = ("bearer", "token")
 TOKEN_ENV = "MLXD_TOKEN"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -156,7 +160,8 @@ class Access:
         offered = _offered_tokens(connection)
         if not offered:
             return Denial(401, "unauthorized", "a token is required: send `Authorization: Bearer <token>`, "
-                          f"`?token=<token>` or the WebSocket subprotocol `{TOKEN_SUBPROTOCOL}<token>`")
+                          f"`?token=<token>`, the WebSocket subprotocol `{TOKEN_SUBPROTOCOL}<token>`, or "
+                          "(Gemini SDKs) the token as the API key")
         expected = self._token
         if not any(hmac.compare_digest(candidate.encode("utf-8", "replace"), expected) for candidate in offered):
             return Denial(403, "forbidden", "the token is not valid")
@@ -169,11 +174,11 @@ def token_subprotocol(connection: HTTPConnection) -> str | None:
 
 
 def _offered_tokens(connection: HTTPConnection) -> list[str]:
-    offered = []
+    offered = [key for key in connection.headers.getlist("x-goog-api-key") if key]
     scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+    if scheme.lower() in TOKEN_AUTHORIZATION_SCHEMES and credentials.strip():
         offered.append(credentials.strip())
-    offered += [value for value in connection.query_params.getlist("token") if value]
+    offered += [value for name in TOKEN_QUERY_PARAMETERS for value in connection.query_params.getlist(name) if value]
     offered += [p[len(TOKEN_SUBPROTOCOL):] for p in connection.scope.get("subprotocols", ())
                 if p.startswith(TOKEN_SUBPROTOCOL)]
     return offered

@@ -13,6 +13,7 @@ MODEL_UNAVAILABLE = "model_unavailable"
 QUEUE_FULL = "queue_full"
 RATE_LIMITED = "rate_limited"
 NOT_FOUND = "not_found"
+ANSWER_IN_PROGRESS = "answer_in_progress"
 INTERNAL = "internal"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlxd.dialogue import Message
 from mlxd.generation import GenerationConfig
 
 
@@ -35,6 +36,7 @@ class ResponseCompleted:
     inference_time: float
     time_to_first_token: float | None
     cached_tokens: int = 0
+    image_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,27 @@ class ErrorReport:
     input_type: str | None = None
 
 
+@dataclass(frozen=True)
+class MessageAdded:
+    """The session itself put a message into the conversation (a committed frame)."""
+
+    message: Message
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageDeleted:
+    message_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageRetrieved:
+    message: Message
+    request_id: str | None = None
+
+
 ServerEvent = (ResponseStarted | TokenText | ResponseCompleted | FrameDropped | ConfigUpdated | ConversationReset
-               | StatusReport | ErrorReport)
+               | StatusReport | ErrorReport | MessageAdded | MessageDeleted | MessageRetrieved)
 
 TERMINAL_EVENTS = (ResponseCompleted, FrameDropped, ErrorReport)

@@ -17,25 +17,33 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mlxd.dialogue import Dialogue, Message
 from mlxd.events import ServerEvent
 from mlxd.generation import GenerationConfig
 
 
 @dataclass(eq=False)
 class Job:
-    """One accepted input, from acceptance to its single terminal event."""
+    """One accepted input, from acceptance to its single terminal event.
+
+    It prompts with `instructions` (the system turn) and `turn`; with a `dialogue`, the turn is committed into
+    that conversation when the job starts and the whole conversation is the prompt, and the answer is recorded
+    into it as `answer_id` when the job ends. `cancel_reason` is the finish reason a cancel ends it with.
+    """
 
     session_id: str
     request_id: str | None
     input_type: str
     is_frame: bool
-    prompt: str
-    context: str | None
-    image_data: str | bytes | None
+    turn: tuple[Message, ...]
+    instructions: str | None
     max_tokens: int
     config: GenerationConfig
     emit: Callable[[ServerEvent], None]
+    dialogue: Dialogue | None = None
+    answer_id: str | None = None
     reset_history: bool = False
+    cancel_reason: str = "cancelled"
     received_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     started: bool = False

@@ -1,20 +1,20 @@
-"""A session: one client's configuration, its work in flight, and the events on their way back to it.
+"""A session: one client's configuration, its conversation, its work in flight and its events on the way back.
 
-The session turns parsed client messages into jobs for the engine and keeps the promise of the protocol:
-every accepted input ends with exactly one terminal event (a completion, an error, or for frames a
-drop). Events reach the client through an Outbox that any thread may fill without blocking; the
-connection's writer drains it on the event loop. Accounting (metrics, one log line per request) happens
-here, on the event loop, as the events go out.
+The session turns a client's intents (mlxd/intents.py, whatever the wire format) into jobs for the engine and
+keeps the promise of every protocol: each accepted input ends with exactly one terminal event (a completion,
+an error, or for a frame that asked, a drop). It is where protocols' different meanings meet:
+- a `TextInput` or `ImageInput` asks for its own answer (a frame among them: latest wins in the queue);
+  with `history` on, it is a turn of the session's conversation;
+- `AddMessages` builds the conversation, `OfferFrame` leaves the newest frame for the next answer, and
+  `Respond` asks; it can cut a running answer (barge-in), wait for it, or be refused while one runs.
+Events reach the client through the Outbox, which any thread may fill without blocking. Everything here runs
+on the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -22,77 +22,47 @@ from typing import Any
 import structlog
 
 from mlxd import errors
+from mlxd.accounting import account
+from mlxd.dialogue import Dialogue, Message, user_message
 from mlxd.errors import ClientError
 from mlxd.events import (
-    TERMINAL_EVENTS,
     ConfigUpdated,
     ConversationReset,
     ErrorReport,
     FrameDropped,
+    MessageAdded,
+    MessageDeleted,
+    MessageRetrieved,
     ResponseCompleted,
     ServerEvent,
     StatusReport,
-    TokenText,
 )
 from mlxd.generation import GenerationConfig
+from mlxd.intents import (
+    AddMessages,
+    Cancel,
+    ConfigUpdate,
+    DeleteMessage,
+    GetStatus,
+    ImageInput,
+    Intent,
+    Interrupt,
+    OfferFrame,
+    Reset,
+    Respond,
+    RetrieveMessage,
+    SetInstructions,
+    TextInput,
+)
 from mlxd.media import check_encoded_size
 from mlxd.metrics import Metrics
-from mlxd.protocols.mlxws import Cancel, ClientMessage, ConfigUpdate, GetStatus, ImageInput, Reset, TextInput
+from mlxd.outbox import Outbox
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.session")
 _session_numbers = itertools.count(1)
-
-
-class Outbox:
-    """Events for one client: `put` from any thread never blocks, `take` awaits a batch on the loop.
-
-    The loop is woken once per batch, not once per token: while the writer is busy sending, tokens of a
-    response pile up here merged into one (the text the client assembles is unchanged) and go out together.
-    Past `limit` waiting events the client is not reading: the outbox marks itself overflowed and discards
-    from then on (the connection is ended), so memory stays bounded.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
-        self._loop = loop
-        self._limit = limit
-        self._items: deque[ServerEvent] = deque()
-        self._lock = threading.Lock()
-        self._wake_pending = False
-        self._ready = asyncio.Event()
-        self.overflowed = False
-
-    def put(self, event: ServerEvent) -> None:
-        with self._lock:
-            if self.overflowed:
-                return
-            last = self._items[-1] if self._items else None
-            if isinstance(event, TokenText) and isinstance(last, TokenText) and last.request_id == event.request_id:
-                self._items[-1] = TokenText(event.request_id, last.text + event.text)
-                return
-            if self._limit is not None and len(self._items) >= self._limit:
-                self.overflowed = True
-                return
-            self._items.append(event)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to send to
-            self._loop.call_soon_threadsafe(self._ready.set)
-
-    def empty(self) -> bool:
-        with self._lock:
-            return not self._items
-
-    async def take(self) -> list[ServerEvent]:
-        await self._ready.wait()
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._wake_pending = False
-            self._ready.clear()
-        return items
+INTERRUPTED = "interrupted"
 
 
 class Session:
@@ -106,45 +76,70 @@ class Session:
         self.engine_status = engine_status
         self.forget = forget
         self.outbox = outbox
+        self.dialogue = Dialogue()
         self.opened = time.monotonic()
         self.messages = self.frames_received = self.frames_dropped = 0
         self._jobs: list[Job] = []
         self._reset_pending = False
+        self._pending_turn: list[Message] = []
+        self._frame: str | bytes | None = None
 
-    def handle(self, message: ClientMessage) -> None:
-        """Act on one parsed client message; refusals go back to the client as error events."""
+    def handle(self, intent: Intent) -> None:
+        """Act on one parsed client intent; refusals go back to the client as error events."""
         try:
-            if isinstance(message, (TextInput, ImageInput)):
-                self._accept(message)
-            elif isinstance(message, ConfigUpdate):
-                self.config = replace(self.config, **message.changes)
-                self.outbox.put(ConfigUpdated(message.changes, self.config, message.request_id))
-            elif isinstance(message, Cancel):
-                self._cancel(message.request_id)
-            elif isinstance(message, GetStatus):
-                self.outbox.put(StatusReport(self.status(), message.request_id))
-            elif isinstance(message, Reset):
-                self._reset_pending = True
-                self.outbox.put(ConversationReset(message.request_id))
+            self._dispatch(intent)
         except ClientError as exc:
             self.refuse(exc)
+
+    def _dispatch(self, intent: Intent) -> None:
+        if isinstance(intent, (TextInput, ImageInput)):
+            self._accept(intent)
+        elif isinstance(intent, Respond):
+            self._respond(intent)
+        elif isinstance(intent, OfferFrame):
+            self._offer_frame(intent.data)
+        elif isinstance(intent, AddMessages):
+            self._add_messages(intent)
+        elif isinstance(intent, Interrupt):
+            self._cancel_jobs(self._conversation_jobs(), INTERRUPTED)
+        elif isinstance(intent, SetInstructions):
+            self.dialogue.instructions = intent.text
+        elif isinstance(intent, (DeleteMessage, RetrieveMessage)):
+            self._message(intent)
+        elif isinstance(intent, ConfigUpdate):
+            self.config = replace(self.config, **intent.changes)
+            self.outbox.put(ConfigUpdated(intent.changes, self.config, intent.request_id))
+        elif isinstance(intent, Cancel):
+            self._cancel(intent.request_id)
+        elif isinstance(intent, GetStatus):
+            self.outbox.put(StatusReport(self.status(), intent.request_id))
+        elif isinstance(intent, Reset):
+            self._reset_pending = True
+            self.dialogue.clear()
+            self._pending_turn.clear()
+            self.outbox.put(ConversationReset(intent.request_id))
 
     def refuse(self, exc: ClientError, input_type: str | None = None) -> None:
         self.outbox.put(ErrorReport(exc.code, exc.message, exc.request_id, input_type))
 
-    def throttle(self, message: ClientMessage) -> None:
-        """Refuse a message over the connection's rate: a frame is dropped, anything else gets an error."""
-        if isinstance(message, ImageInput) and message.is_frame:
+    def throttle(self, intent: Intent) -> None:
+        """Refuse an intent over the connection's rate: a frame is dropped, anything else gets an error."""
+        if isinstance(intent, OfferFrame):
             self._frame_received()
-            self.outbox.put(FrameDropped(message.request_id, "rate_limited"))
+            self._count_drop("rate_limited")
             return
-        input_type = {TextInput: "text", ImageInput: "image"}.get(type(message))
+        if isinstance(intent, ImageInput) and intent.is_frame:
+            self._frame_received()
+            self.outbox.put(FrameDropped(intent.request_id, "rate_limited"))
+            return
+        input_type = {TextInput: "text", ImageInput: "image"}.get(type(intent))
+        request_id = getattr(intent, "request_id", None)
         self.refuse(ClientError(errors.RATE_LIMITED, f"over {self.settings.max_messages_per_second:g} messages a "
-                                "second; slow down", message.request_id), input_type)
+                                "second; slow down", request_id), input_type)
 
-    def _frame_received(self) -> None:
-        self.frames_received += 1
-        self.metrics.frames_received.inc()
+    def account(self, event: ServerEvent) -> None:
+        """Metrics and the per-request log line, as an event goes out to the client."""
+        account(self, event)
 
     def status(self) -> dict[str, Any]:
         requests, frames = self.queue.depths()
@@ -155,37 +150,120 @@ class Session:
             "session": {"id": self.id, "pending": sum(not job.finished for job in self._jobs)},
         }
 
-    def _accept(self, message: TextInput | ImageInput) -> None:
+    def _engine_ready_for(self, request_id: str | None, images: bool) -> None:
         status = self.engine_status()
         if status["state"] == "failed":
-            raise errors.model_unavailable(status["error"], message.request_id)
-        if isinstance(message, TextInput):
-            job = self._job(message.request_id, "text", False, message.content, message.context, None,
-                            self.config.max_tokens)
+            raise errors.model_unavailable(status["error"], request_id)
+        if images and status["state"] == "ready" and "image" not in status["modalities"]:
+            raise errors.model_text_only(status["model"], request_id)
+
+    def _check_images(self, messages: tuple[Message, ...] | list[Message], request_id: str | None) -> None:
+        images = [image for message in messages for image in message.images]
+        self._engine_ready_for(request_id, bool(images))
+        for image in images:
+            check_encoded_size(image, self.settings.max_image_bytes, request_id)
+
+    # The original protocol: every input asks for its own answer.
+
+    def _accept(self, intent: TextInput | ImageInput) -> None:
+        if isinstance(intent, TextInput):
+            self._engine_ready_for(intent.request_id, False)
+            job = self._job(intent.request_id, "text", False, (user_message(intent.content),), intent.context,
+                            self.config.max_tokens, dialogue=self._history())
             self._queue_request(job)
             return
-        if message.is_frame:
+        if intent.is_frame:
             self._frame_received()
-        if status["state"] == "ready" and "image" not in status["modalities"]:
-            raise errors.model_text_only(status["model"], message.request_id)
-        check_encoded_size(message.data, self.settings.max_image_bytes, message.request_id)
-        job = self._job(message.request_id, "image", message.is_frame, message.prompt, None, message.data,
-                        self.config.max_tokens_image)
-        if not message.is_frame:
+        self._engine_ready_for(intent.request_id, True)
+        check_encoded_size(intent.data, self.settings.max_image_bytes, intent.request_id)
+        job = self._job(intent.request_id, "image", intent.is_frame, (user_message(intent.prompt, [intent.data]),),
+                        None, self.config.max_tokens_image, dialogue=self._history())
+        if not intent.is_frame:
             self._queue_request(job)
             return
         self._track(job)
         superseded = self.queue.put_frame(job)
         if superseded is not None:
             self._drop_frame(superseded, "superseded")
-        self._update_depths()
+        self.update_depths()
 
-    def _job(self, request_id: str | None, input_type: str, is_frame: bool, prompt: str, context: str | None,
-             image_data: str | bytes | None, max_tokens: int) -> Job:
+    def _history(self) -> Dialogue | None:
+        return self.dialogue if self.config.history else None
+
+    def _job(self, request_id: str | None, input_type: str, is_frame: bool, turn: tuple[Message, ...],
+             instructions: str | None, max_tokens: int, config: GenerationConfig | None = None,
+             dialogue: Dialogue | None = None, answer_id: str | None = None) -> Job:
         if self.settings.log_content:
-            log.info("request_content", session=self.id, request=request_id, prompt=prompt, context=context)
-        return Job(self.id, request_id, input_type, is_frame, prompt, context, image_data, max_tokens,
-                   self.config, self.outbox.put, reset_history=self._reset_pending)
+            log.info("request_content", session=self.id, request=request_id,
+                     prompt=" ".join(message.text for message in turn), context=instructions)
+        return Job(self.id, request_id, input_type, is_frame, turn, instructions, max_tokens,
+                   config or self.config, self.outbox.put, dialogue, answer_id, reset_history=self._reset_pending)
+
+    # The conversation protocols: messages build a conversation, frames are context, a Respond asks.
+
+    def _add_messages(self, intent: AddMessages) -> None:
+        self._check_images(intent.messages, intent.request_id)
+        if intent.pending:
+            self._pending_turn.extend(intent.messages)
+            return
+        try:
+            self.dialogue.add(intent.messages, intent.after)
+        except KeyError:
+            raise ClientError(errors.NOT_FOUND, f"no message {intent.after!r} in the conversation",
+                              intent.request_id) from None
+
+    def _message(self, intent: DeleteMessage | RetrieveMessage) -> None:
+        try:
+            if isinstance(intent, DeleteMessage):
+                self.dialogue.delete(intent.message_id)
+                self.outbox.put(MessageDeleted(intent.message_id, intent.request_id))
+            else:
+                self.outbox.put(MessageRetrieved(self.dialogue.get(intent.message_id), intent.request_id))
+        except KeyError:
+            raise ClientError(errors.NOT_FOUND, f"no message {intent.message_id!r} in the conversation",
+                              intent.request_id) from None
+
+    def _offer_frame(self, data: str | bytes) -> None:
+        self._frame_received()
+        self._engine_ready_for(None, True)
+        check_encoded_size(data, self.settings.max_image_bytes, None)
+        if self._frame is not None:
+            self._count_drop("superseded")
+        self._frame = data
+
+    def _respond(self, intent: Respond) -> None:
+        self._engine_ready_for(intent.request_id, self._frame is not None)
+        running = self._conversation_jobs()
+        if running and not intent.out_of_band:
+            if intent.when_busy == "refuse":
+                raise ClientError(errors.ANSWER_IN_PROGRESS, "an answer is already in progress in this "
+                                  "conversation", intent.request_id)
+            if intent.when_busy == "interrupt":
+                self._cancel_jobs(running, INTERRUPTED)
+        frame = [user_message(images=[self._frame], message_id=intent.frame_id)] if self._frame is not None else []
+        self._frame = None
+        config = self.config if intent.temperature is None else replace(self.config, temperature=intent.temperature)
+        max_tokens = intent.max_tokens or self.config.max_tokens
+        input_type = "image" if frame or any(message.images for message in intent.input) else "text"
+        if intent.out_of_band:
+            instructions = self.dialogue.instructions if intent.instructions is None else intent.instructions
+            job = self._job(intent.request_id, input_type, False, (*frame, *intent.input), instructions,
+                            max_tokens, config)
+        else:
+            turn = (*frame, *self._pending_turn)
+            self._pending_turn = []
+            if frame and len(turn) == 1:  # nothing to join: the frame is a message of the conversation now
+                self.dialogue.add(frame)
+                self.outbox.put(MessageAdded(frame[0], intent.request_id))
+                turn = ()
+            job = self._job(intent.request_id, input_type, False, turn, intent.instructions, max_tokens, config,
+                            self.dialogue, intent.answer_id)
+        self._queue_request(job)
+
+    def _conversation_jobs(self) -> list[Job]:
+        return [job for job in self._jobs if not job.finished and job.dialogue is self.dialogue]
+
+    # Work in flight: queueing, cancelling, closing.
 
     def _queue_request(self, job: Job) -> None:
         try:
@@ -194,13 +272,22 @@ class Session:
             raise ClientError(errors.QUEUE_FULL, f"{exc}; the limit is {self.queue.max_pending}",
                               job.request_id) from None
         self._track(job)
-        self._update_depths()
+        self.update_depths()
 
     def _track(self, job: Job) -> None:
         """An accepted job: it carries any pending reset of the conversation to the engine."""
         self._reset_pending = False
         self._jobs = [tracked for tracked in self._jobs if not tracked.finished]
         self._jobs.append(job)
+
+    def _frame_received(self) -> None:
+        self.frames_received += 1
+        self.metrics.frames_received.inc()
+
+    def _count_drop(self, reason: str) -> None:
+        """A frame that was context only, dropped: no client message says so, the counters do."""
+        self.frames_dropped += 1
+        self.metrics.frames_dropped.labels(reason=reason).inc()
 
     def _drop_frame(self, job: Job, reason: str) -> None:
         job.finished = True
@@ -224,20 +311,21 @@ class Session:
     def idle(self) -> bool:
         return all(job.finished for job in self._jobs)
 
-    def _cancel_jobs(self, jobs: list[Job]) -> None:
+    def _cancel_jobs(self, jobs: list[Job], reason: str = "cancelled") -> None:
         for job in jobs:
+            job.cancel_reason = reason
             if self.queue.remove(self.id, job):
                 self._end_unstarted(job)
             else:
                 job.cancelled = True
-        self._update_depths()
+        self.update_depths()
 
     def _end_unstarted(self, job: Job) -> None:
         if job.is_frame:
             self._drop_frame(job, "cancelled")
         else:
             job.finished = True
-            self.outbox.put(ResponseCompleted(job.request_id, job.input_type, "", "cancelled", 0, 0, 0.0, None))
+            self.outbox.put(ResponseCompleted(job.request_id, job.input_type, "", job.cancel_reason, 0, 0, 0.0, None))
 
     def close(self) -> None:
         """The client is gone: take back waiting work and stop the running job within one token."""
@@ -250,44 +338,10 @@ class Session:
         for job in [*waiting, *running]:  # their ends go to an outbox nobody drains any more
             self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
         self.forget(self.id)
-        self._update_depths()
+        self.update_depths()
         log.info("connection_closed", session=self.id, duration=round(time.monotonic() - self.opened, 3),
                  messages=self.messages, frames_received=self.frames_received,
                  frames_dropped=self.frames_dropped)
 
-    def _update_depths(self) -> None:
+    def update_depths(self) -> None:
         self.metrics.set_queue_depths(*self.queue.depths())
-
-    def account(self, event: ServerEvent) -> None:
-        """Metrics and the per-request log line, as an event goes out to the client."""
-        metrics = self.metrics
-        if isinstance(event, TERMINAL_EVENTS):
-            self._update_depths()
-        if isinstance(event, ResponseCompleted):
-            metrics.requests.labels(input_type=event.input_type, outcome=event.finish_reason).inc()
-            metrics.prompt_tokens.inc(event.prompt_tokens)
-            metrics.generated_tokens.inc(event.completion_tokens)
-            metrics.inference.observe(event.inference_time)
-            tokens_per_second = None
-            if event.time_to_first_token is not None:
-                metrics.time_to_first_token.observe(event.time_to_first_token)
-                decode_seconds = event.inference_time - event.time_to_first_token
-                if event.completion_tokens > 1 and decode_seconds > 0:
-                    tokens_per_second = round((event.completion_tokens - 1) / decode_seconds, 2)
-                    metrics.tokens_per_second.set(tokens_per_second)
-                    metrics.decode_rate.observe(tokens_per_second)
-            content = {"text": event.full_text} if self.settings.log_content else {}
-            log.info("request_finished", session=self.id, request=event.request_id, input_type=event.input_type,
-                     prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                     time_to_first_token=event.time_to_first_token, inference_time=round(event.inference_time, 4),
-                     tokens_per_second=tokens_per_second, finish_reason=event.finish_reason,
-                     text_chars=len(event.full_text), **content)
-        elif isinstance(event, FrameDropped):
-            self.frames_dropped += 1
-            metrics.frames_dropped.labels(reason=event.reason).inc()
-        elif isinstance(event, ErrorReport):
-            metrics.errors.labels(code=event.code).inc()
-            if event.input_type is not None:
-                metrics.requests.labels(input_type=event.input_type, outcome="error").inc()
-            log.info("request_error", session=self.id, request=event.request_id, code=event.code,
-                     error=event.message)

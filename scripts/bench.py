@@ -88,6 +88,7 @@ def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
 
 
 def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
+    from mlxd.dialogue import user_message
     from mlxd.engine.model_choice import resolve
     from mlxd.engine.models import load_model, local_path
     from mlxd.generation import GenerationConfig
@@ -98,7 +99,7 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     def floor_run() -> tuple[float, float]:
         started = time.perf_counter()
         first, tokens = None, 0
-        for chunk in model.generate(PROMPT, None, [], max_tokens, config):
+        for chunk in model.generate([user_message(PROMPT)], None, [], max_tokens, config):
             first = first or time.perf_counter()
             tokens = chunk.completion_tokens
         ended = time.perf_counter()

@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 from mlxd.events import ErrorReport, FrameDropped, TokenText
-from mlxd.session import Outbox
+from mlxd.outbox import Outbox
 
 
 def test_tokens_of_one_response_merge_while_the_writer_is_busy():

@@ -25,7 +25,7 @@ from mlxd.protocols import mlxws as protocol
 LIMIT = 1000
 
 
-def parse(message) -> protocol.ClientMessage:
+def parse(message) -> protocol.Intent:
     return protocol.parse_text(message if isinstance(message, str) else json.dumps(message), LIMIT)
 
 

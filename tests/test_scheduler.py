@@ -6,13 +6,14 @@ import threading
 
 import pytest
 
+from mlxd.dialogue import user_message
 from mlxd.generation import GenerationConfig
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 
 
 def job(session: str, name: str, frame: bool = False) -> Job:
-    return Job(session, name, "image" if frame else "text", frame, "prompt", None, None, 8, GenerationConfig(),
-               emit=lambda event: None)
+    return Job(session, name, "image" if frame else "text", frame, (user_message("prompt"),), None, 8,
+               GenerationConfig(), emit=lambda event: None)
 
 
 def names(queue: WorkQueue, count: int) -> list[str]:

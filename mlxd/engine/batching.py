@@ -9,13 +9,15 @@ continues a conversation, is served alone instead (`accepts` says which). Must r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from mlxd.dialogue import Message
 from mlxd.engine.conversation import Conversation
-from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling, user_turn
+from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling
 from mlxd.generation import GenerationConfig
 
 
@@ -28,8 +30,6 @@ class _Stream:
     tokens: list[int]
     cached_tokens: int = 0
     conversation: Conversation | None = None
-    question: str = ""
-    parts: list[str] = field(default_factory=list)
     generated: int = 0
 
     def advance(self, token: int, finish_reason: str | None) -> Chunk:
@@ -39,9 +39,8 @@ class _Stream:
             self.generated += 1
         if finish_reason is not None:
             self.detokenizer.finalize()
-        text = self.detokenizer.last_segment
-        self.parts.append(text)
-        return Chunk(text, finish_reason, self.prompt_tokens, self.generated, self.cached_tokens)
+        return Chunk(self.detokenizer.last_segment, finish_reason, self.prompt_tokens, self.generated,
+                     self.cached_tokens)
 
 
 class _Batch:
@@ -82,19 +81,16 @@ class TextBatch(_Batch):
     def accepts(self, config: GenerationConfig, conversation: Conversation | None) -> bool:
         return True
 
-    def add(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-            config: GenerationConfig, conversation: Conversation | None) -> int:
-        turns = conversation.turns if conversation else []
-        ids = self.model.prompt_ids(prompt, context, turns)
-        while conversation and len(ids) > conversation.budget and conversation.drop_oldest_turn():
-            ids = self.model.prompt_ids(prompt, context, conversation.turns)
+    def add(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
+            max_tokens: int, config: GenerationConfig, conversation: Conversation | None) -> int:
+        ids = self.model.prompt_ids(messages, instructions)
         cache, cached_tokens = conversation.reuse(ids) if conversation else (None, 0)
         chosen = sampling(config)
         [uid] = self._generator.insert([ids[cached_tokens:]], max_tokens=[max_tokens],
                                        caches=None if cache is None else [cache], samplers=[chosen["sampler"]],
                                        logits_processors=[chosen["logits_processors"]])
         self._streams[uid] = _Stream(self.model.tokenizer.detokenizer, len(ids), list(ids), cached_tokens,
-                                     conversation, prompt)
+                                     conversation)
         return uid
 
     def remove(self, uid: int) -> None:
@@ -103,8 +99,7 @@ class TextBatch(_Batch):
 
     def _finished(self, stream: _Stream, response: Any) -> None:
         if stream.conversation is not None:
-            stream.conversation.record(user_turn(stream.question, 0), "".join(stream.parts), len(stream.tokens),
-                                       cache=response.prompt_cache, tokens=stream.tokens)
+            stream.conversation.remember(response.prompt_cache, stream.tokens)
 
 
 class VisionBatch(_Batch):
@@ -121,8 +116,8 @@ class VisionBatch(_Batch):
         """Same sampling as the running batch (any, when it is empty), and no conversation to continue."""
         return conversation is None and (not self._streams or self._key(config) == self._sampling_key)
 
-    def add(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-            config: GenerationConfig, conversation: Conversation | None) -> int:
+    def add(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
+            max_tokens: int, config: GenerationConfig, conversation: Conversation | None) -> int:
         from mlx_vlm.generate import BatchGenerator
         from mlx_vlm.tokenizer_utils import make_streaming_detokenizer
 
@@ -134,7 +129,7 @@ class VisionBatch(_Batch):
                                              greedy_sampling=config.temperature == 0,
                                              completion_batch_size=self.capacity, prefill_batch_size=1)
             self._sampling_key = self._key(config)
-        ids, prompt_kwargs = self.model.embed(prompt, context, images)
+        ids, prompt_kwargs = self.model.embed(messages, instructions, images)
         [uid] = self._generator.insert([ids], max_tokens=max_tokens, prompt_kwargs=[prompt_kwargs],
                                        logits_processors=[chosen["logits_processors"]])
         self._streams[uid] = _Stream(make_streaming_detokenizer(self.model.processor), len(ids), list(ids))

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import structlog
 from PIL import Image
 
 from mlxd import errors
+from mlxd.dialogue import Message
 from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.model_choice import ModelChoice, resolve
 from mlxd.engine.models import Chunk, LoadedModel, VisionModel, load_model, local_path
+from mlxd.engine.prompts import images_of, within_budget
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
@@ -34,6 +36,7 @@ from mlxd.settings import Settings
 log = structlog.get_logger("mlxd.engine")
 
 LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
+DECODED_IMAGES_KEPT = 16
 
 
 @dataclass
@@ -43,6 +46,7 @@ class _Response:
     job: Job
     started: float
     conversation: Conversation | None = None
+    generation: int | None = None
     parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     last: Chunk | None = None
@@ -85,6 +89,7 @@ class Engine:
         self._running: dict[int, _Response] = {}
         self._conversations: dict[str, Conversation] = {}
         self._forgotten: deque[str] = deque()
+        self._decoded: OrderedDict[str | bytes, Image.Image] = OrderedDict()
 
     @property
     def modalities(self) -> tuple[str, ...] | None:
@@ -176,25 +181,25 @@ class Engine:
         response = _Response(job, time.monotonic())
         try:
             if job.cancelled:
-                self._finish(job, response.completed("cancelled"))
+                self._finish(job, response.completed(job.cancel_reason))
                 return
-            images = self._images(job)
             if job.is_frame:
                 self.metrics.frame_age.observe(response.started - job.received_at)
             if job.reset_history:
                 self._conversations.pop(job.session_id, None)
-            if job.config.history:
-                response.conversation = self._conversations.setdefault(
-                    job.session_id, Conversation(self.settings.context_tokens))
+            messages, images = self._prompt(response)
+            if job.dialogue is not None:
+                response.conversation = self._conversations.setdefault(job.session_id, Conversation())
+            instructions = self._instructions(job)
             if self._batch is not None and self._batch.accepts(job.config, response.conversation):
-                uid = self._batch.add(job.prompt, job.context, images, job.max_tokens, job.config,
+                uid = self._batch.add(messages, instructions, images, job.max_tokens, job.config,
                                       response.conversation)
                 job.emit(ResponseStarted(job.request_id, job.input_type))
                 self._running[uid] = response
             else:
                 log.debug("serving_alone", session=job.session_id, request=job.request_id,
                           reason="a conversation" if response.conversation else "sampling differs from the batch's")
-                self._generate_alone(response, images)
+                self._generate_alone(response, messages, instructions, images)
         except ClientError as exc:
             self._finish(job, ErrorReport(exc.code, exc.message, job.request_id, job.input_type))
         except Exception as exc:
@@ -202,16 +207,45 @@ class Engine:
             self._finish(job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                           job.request_id, job.input_type))
 
-    def _images(self, job: Job) -> list[Image.Image]:
+    @staticmethod
+    def _instructions(job: Job) -> str | None:
+        if job.instructions is not None or job.dialogue is None:
+            return job.instructions
+        return job.dialogue.instructions
+
+    def _prompt(self, response: _Response) -> tuple[list[Message], list[Image.Image]]:
+        """The messages to prompt with (a conversation's turn is committed now, and the conversation cut to
+        its budget) and their images, decoded."""
+        job = response.job
+        decoded = {id(image): self._decode(image, job) for image in images_of(job.turn)}  # refused before kept
+        if job.dialogue is None:
+            messages = list(job.turn)
+        else:
+            messages, response.generation = job.dialogue.open_turn(job.turn)
+        for image in images_of(messages):
+            if id(image) not in decoded:
+                decoded[id(image)] = self._decode(image, job)
+        if job.dialogue is not None:
+            assert self.model is not None
+            instructions = self._instructions(job)
+            messages = within_budget(messages, lambda kept: self.model.count_tokens(  # type: ignore[union-attr]
+                kept, instructions, [decoded[id(image)] for image in images_of(kept)]), self.settings.context_tokens)
+        return messages, [decoded[id(image)] for image in images_of(messages)]
+
+    def _decode(self, data: str | bytes, job: Job) -> Image.Image:
+        """An image of the prompt, decoded once: a conversation's earlier images come back every turn."""
         assert self.model is not None
-        if job.image_data is None:
-            return []
         if "image" not in self.model.modalities:
             raise errors.model_text_only(self.choice.name, job.request_id)
-        settings = self.settings
-        data, job.image_data = job.image_data, None
-        return [decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                             max_side=settings.image_max_side)]
+        image = self._decoded.pop(data, None)
+        if image is None:
+            settings = self.settings
+            image = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                 max_side=settings.image_max_side)
+        self._decoded[data] = image
+        while len(self._decoded) > DECODED_IMAGES_KEPT:
+            self._decoded.popitem(last=False)
+        return image
 
     def _step(self) -> None:
         assert self._batch is not None
@@ -219,7 +253,7 @@ class Engine:
             if response.job.cancelled:
                 self._batch.remove(uid)
                 del self._running[uid]
-                self._finish(response.job, response.completed("cancelled"))
+                self._complete(response, response.job.cancel_reason)
         if not self._running:
             return
         self.metrics.batch_size.observe(len(self._running))
@@ -239,22 +273,32 @@ class Engine:
             response.add(chunk, now)
             if chunk.finish_reason is not None:
                 del self._running[uid]
-                self._finish(response.job, response.completed(chunk.finish_reason))
+                self._complete(response, chunk.finish_reason)
 
-    def _generate_alone(self, response: _Response, images: list[Image.Image]) -> None:
+    def _generate_alone(self, response: _Response, messages: list[Message], instructions: str | None,
+                        images: list[Image.Image]) -> None:
         assert isinstance(self.model, VisionModel)
         job = response.job
         job.emit(ResponseStarted(job.request_id, job.input_type))
         finish_reason = "length"
-        chunks = self.model.generate(job.prompt, job.context, images, job.max_tokens, job.config,
+        chunks = self.model.generate(messages, instructions, images, job.max_tokens, job.config,
                                      response.conversation)
         try:
             for chunk in chunks:
                 if job.cancelled:
-                    finish_reason = "cancelled"
+                    finish_reason = job.cancel_reason
                     break
                 response.add(chunk, time.monotonic())
                 finish_reason = chunk.finish_reason or finish_reason
         finally:
             chunks.close()
-        self._finish(job, response.completed(finish_reason))
+        self._complete(response, finish_reason)
+
+    def _complete(self, response: _Response, finish_reason: str) -> None:
+        """End a response that started; a conversation keeps its answer, or what was generated of it."""
+        job = response.job
+        event = response.completed(finish_reason)
+        if job.dialogue is not None and response.generation is not None and (
+                event.full_text or finish_reason in ("stop", "length")):
+            job.dialogue.record_answer(event.full_text, job.answer_id, response.generation)
+        self._finish(job, event)

@@ -10,14 +10,16 @@ thread-local.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 
+from mlxd.dialogue import Message
 from mlxd.engine.conversation import Conversation, common_prefix, trim_cache
+from mlxd.engine.prompts import chat_messages, render
 from mlxd.generation import GenerationConfig
 
 T = TypeVar("T")
@@ -36,38 +38,11 @@ class LoadedModel(Protocol):
     name: str
     modalities: tuple[str, ...]
 
-    def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-                 config: GenerationConfig) -> Iterator[Chunk]: ...
+    def count_tokens(self, messages: Sequence[Message], instructions: str | None,
+                     images: list[Image.Image]) -> int: ...
 
-
-def _messages(question: str | dict[str, Any], context: str | None, system_role: bool,
-              turns: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Earlier turns, then the question; the context as a system turn, or as a preamble to the question."""
-    user = question if isinstance(question, dict) else {"role": "user", "content": question}
-    if context is None:
-        return [*turns, user]
-    if system_role:
-        return [{"role": "system", "content": context}, *turns, user]
-    return [*turns, _with_preamble(user, context)]
-
-
-def _with_preamble(user: dict[str, Any], context: str) -> dict[str, Any]:
-    content = user["content"]
-    if isinstance(content, str):
-        return {**user, "content": f"{context}\n\n{content}"}
-    return {**user, "content": [{"type": "text", "text": context}, *content]}
-
-
-def _render(apply_template: Callable[[list[dict[str, Any]]], T], question: str | dict[str, Any],
-            context: str | None, turns: Sequence[dict[str, Any]]) -> T:
-    """The chat template applied with the context as a system turn, or as a preamble where the template
-    refuses a system turn."""
-    try:
-        return apply_template(_messages(question, context, True, turns))
-    except Exception:
-        if context is None:
-            raise
-        return apply_template(_messages(question, context, False, turns))
+    def generate(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
+                 max_tokens: int, config: GenerationConfig) -> Iterator[Chunk]: ...
 
 
 def sampling(config: GenerationConfig) -> dict[str, Any]:
@@ -94,31 +69,25 @@ class TextModel:
         self.name = name
         self.model, self.tokenizer = mlx_lm.load(str(path))
 
-    def prompt_ids(self, prompt: str, context: str | None, turns: Sequence[dict[str, Any]] = ()) -> list[int]:
+    def prompt_ids(self, messages: Sequence[Message], instructions: str | None) -> list[int]:
         if not self.tokenizer.has_chat_template:
-            lines = [context] if context is not None else []
-            lines += [turn["content"] for turn in turns] + [prompt]
+            lines = [turn["content"] for turn in chat_messages(messages, instructions)]
             return self.tokenizer.encode("\n\n".join(lines))
-        return _render(lambda messages: self.tokenizer.apply_chat_template(messages, add_generation_prompt=True),
-                       prompt, context, turns)
+        return render(lambda chat: self.tokenizer.apply_chat_template(chat, add_generation_prompt=True),
+                      messages, instructions)
 
-    def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-                 config: GenerationConfig) -> Iterator[Chunk]:
+    def count_tokens(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image]) -> int:
+        return len(self.prompt_ids(messages, instructions))
+
+    def generate(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
+                 max_tokens: int, config: GenerationConfig) -> Iterator[Chunk]:
         import mlx_lm
 
-        ids = self.prompt_ids(prompt, context)
+        ids = self.prompt_ids(messages, instructions)
         for response in mlx_lm.stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens,
                                                **sampling(config)):
             yield Chunk(response.text, response.finish_reason, response.prompt_tokens,
                         _completion_tokens(response.generation_tokens, response.finish_reason))
-
-
-def user_turn(prompt: str, num_images: int) -> dict[str, Any]:
-    """A question, with a marker per image so that a conversation's images stay in their own turns."""
-    if not num_images:
-        return {"role": "user", "content": prompt}
-    return {"role": "user", "content": [*({"type": "image"} for _ in range(num_images)),
-                                        {"type": "text", "text": prompt}]}
 
 
 _PLAIN_INPUTS = ("input_ids", "pixel_values", "attention_mask")
@@ -147,19 +116,13 @@ class VisionModel:
         eos = self.model.config.eos_token_id
         self.stop_tokens = set(eos if isinstance(eos, list) else [eos])
 
-    def prompt_text(self, messages: list[dict[str, Any]], num_images: int) -> str:
+    def prompt_text(self, messages: Sequence[Message], instructions: str | None, num_images: int) -> str:
+        """The templated prompt, with one marker per image where the message had it."""
         from mlx_vlm import apply_chat_template
 
-        return apply_chat_template(self.processor, self.model.config, messages, num_images=num_images)
-
-    def _prompt(self, prompt: str, context: str | None, images: list[Image.Image],
-                conversation: Conversation | None) -> tuple[str, list[Image.Image]]:
-        """The templated prompt of the whole conversation, and all its images in order."""
-        turns, earlier_images = (conversation.turns, conversation.images) if conversation else ([], [])
-        all_images = [*earlier_images, *images]
-        question = user_turn(prompt, len(images))
-        return _render(lambda messages: self.prompt_text(messages, len(all_images)), question, context,
-                       turns), all_images
+        return render(lambda chat: apply_chat_template(self.processor, self.model.config, chat,
+                                                       num_images=num_images),
+                      messages, instructions, with_images=True)
 
     def _inputs(self, text: str, images: list[Image.Image]) -> dict[str, Any]:
         """Token ids, attention mask and pixel values (the processor's work, not yet the vision tower's)."""
@@ -171,9 +134,15 @@ class VisionModel:
                               image_token_index=getattr(config, "image_token_index", None),
                               add_special_tokens=should_add_special_tokens(config.model_type, self.processor))
 
-    def embed(self, prompt: str, context: str | None, images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
+    def count_tokens(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image]) -> int:
+        """The prompt's length with every image's tokens expanded, as the processor makes it."""
+        text = self.prompt_text(messages, instructions, len(images))
+        return int(self._inputs(text, images)["input_ids"].shape[-1])
+
+    def embed(self, messages: Sequence[Message], instructions: str | None,
+              images: list[Image.Image]) -> tuple[list[int], dict[str, Any]]:
         """Prompt ids and input embeddings (image features merged in), as mlx-vlm's BatchGenerator takes them."""
-        text, _ = self._prompt(prompt, context, images, None)
+        text = self.prompt_text(messages, instructions, len(images))
         inputs = self._inputs(text, images)
         extra = {k: v for k, v in inputs.items() if k not in _PLAIN_INPUTS}
         embeddings = self.model.get_input_embeddings(inputs["input_ids"], inputs.get("pixel_values"),
@@ -181,36 +150,31 @@ class VisionModel:
         kwargs = {**extra, **{k: v for k, v in embeddings.to_dict().items() if v is not None}}
         return inputs["input_ids"].squeeze(0).tolist(), kwargs
 
-    def generate(self, prompt: str, context: str | None, images: list[Image.Image], max_tokens: int,
-                 config: GenerationConfig, conversation: Conversation | None = None) -> Iterator[Chunk]:
-        """Generate alone; with a conversation, earlier turns and images come first, its cache is reused, and
-        the finished turn is recorded (a turn stopped early leaves the cache state stale: it is dropped)."""
+    def generate(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
+                 max_tokens: int, config: GenerationConfig, conversation: Conversation | None = None
+                 ) -> Iterator[Chunk]:
+        """Generate alone; with a conversation's cache, the prefix it shares with this prompt is reused (a turn
+        stopped early leaves the cache state stale: it is dropped)."""
         from mlx_vlm.generate import PromptCacheState
 
-        text, all_images = self._prompt(prompt, context, images, conversation)
+        text = self.prompt_text(messages, instructions, len(images))
         state = None
         if conversation is not None:
             state = conversation.vision_state = conversation.vision_state or PromptCacheState()
-        continuation = self._continuation(text, all_images, len(images), state) if images and state else None
+        continuation = self._continuation(text, images, state) if images and state else None
         if continuation is not None:
             chunks = self._continue(continuation, max_tokens, config, state)
         else:
-            chunks = self._stream(text, all_images, max_tokens, config, state)
-        parts: list[str] = []
-        finished = None
+            chunks = self._stream(text, images, max_tokens, config, state)
+        finished = False
         try:
             for chunk in chunks:
-                parts.append(chunk.text)
-                finished = chunk if chunk.finish_reason else None
+                finished = chunk.finish_reason is not None
                 yield chunk
         finally:
             chunks.close()
-            if conversation is not None:
-                if finished is None:
-                    conversation.vision_state = None
-                else:
-                    conversation.record(user_turn(prompt, len(images)), "".join(parts),
-                                        finished.prompt_tokens + finished.completion_tokens, images)
+            if conversation is not None and not finished:
+                conversation.vision_state = None
 
     def _stream(self, text: str, images: list[Image.Image], max_tokens: int, config: GenerationConfig,
                 state: Any) -> Iterator[Chunk]:
@@ -224,11 +188,12 @@ class VisionModel:
                         _completion_tokens(response.generation_tokens, response.finish_reason),
                         response.cached_tokens)
 
-    def _continuation(self, text: str, images: list[Image.Image], num_new: int, state: Any) -> _Continuation | None:
+    def _continuation(self, text: str, images: list[Image.Image], state: Any) -> _Continuation | None:
         """The plan to prefill only the new ids and the new images' pixels, where the cache allows it: one
-        pixel row per image, a cached prefix that ends before the new images and not inside an earlier one,
-        and a cache that can be trimmed back to it. None: prefill the whole conversation instead."""
-        if state.cache is None or len(images) == num_new:
+        pixel row per image, a cached prefix that holds the earlier images whole and ends before the new
+        ones, and a cache that can be trimmed back to it. None: mlx-vlm's own path (it reuses the prefix when
+        only text follows it), or the whole conversation."""
+        if state.cache is None:
             return None
         inputs = self._inputs(text, images)
         pixels = inputs.get("pixel_values")
@@ -240,9 +205,12 @@ class VisionModel:
         per_image, uneven = divmod(len(positions), len(images))
         if uneven or not per_image:
             return None
-        earlier = len(images) - num_new
-        prefix = min(common_prefix(state.token_ids, ids), positions[per_image * earlier])
-        if prefix <= positions[per_image * earlier - 1] or not trim_cache(state.cache, len(state.token_ids), prefix):
+        shared = common_prefix(state.token_ids, ids)
+        earlier = sum(positions[per_image * (k + 1) - 1] < shared for k in range(len(images)))
+        if earlier in (0, len(images)):
+            return None
+        prefix = min(shared, positions[per_image * earlier])
+        if not trim_cache(state.cache, len(state.token_ids), prefix):
             return None
         return _Continuation(ids, prefix, inputs["input_ids"][:, prefix:], inputs["attention_mask"][:, prefix:],
                              pixels[earlier:], state.cache)

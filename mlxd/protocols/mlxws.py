@@ -1,8 +1,8 @@
 """The wire format of the original mlx-websockets project, extended: parse, validate, serialise.
 
 This module knows JSON and field names and nothing of sessions or models: it turns a client's message
-into a typed request and a neutral server event into text. Another protocol (Gemini Live, OpenAI Realtime)
-would be a sibling module producing the same requests and consuming the same events.
+into a neutral intent and a neutral server event into text. Its sibling modules do the same for other
+protocols.
 
 Binary messages carry one image without base64: a 4-byte big-endian header length, a UTF-8 JSON header
 (the fields of an `image_input`, `video_frame` or `screen_frame` message minus the image data), then the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from mlxd import errors
@@ -31,59 +31,16 @@ from mlxd.events import (
     TokenText,
 )
 from mlxd.generation import GenerationConfig
+from mlxd.intents import FRAME_TYPES, Cancel, ConfigUpdate, GetStatus, ImageInput, Intent, Reset, TextInput
+from mlxd.settings import Settings
 
 MAX_ID_CHARS = 256
 MAX_BINARY_HEADER_BYTES = 64 * 1024
 MAX_OUTPUT_TOKENS = 8192
 DEFAULT_IMAGE_PROMPT = "What do you see in this image?"
 DEFAULT_FRAME_PROMPT = "Describe what you see."
-FRAME_TYPES = ("video_frame", "screen_frame")
 
 
-@dataclass(frozen=True)
-class TextInput:
-    request_id: str | None
-    content: str
-    context: str | None
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """An `image_input` (never dropped) or a frame (latest wins); `data` is still encoded."""
-
-    request_id: str | None
-    message_type: str
-    data: str | bytes
-    prompt: str
-    source: str | None
-
-    @property
-    def is_frame(self) -> bool:
-        return self.message_type in FRAME_TYPES
-
-
-@dataclass(frozen=True)
-class ConfigUpdate:
-    request_id: str | None
-    changes: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Cancel:
-    request_id: str | None
-
-
-@dataclass(frozen=True)
-class GetStatus:
-    request_id: str | None
-
-
-@dataclass(frozen=True)
-class Reset:
-    request_id: str | None
-
-
-ClientMessage = TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus | Reset
 
 
 def _reject_constant(name: str) -> Any:
@@ -141,13 +98,13 @@ def _request_id(message: dict[str, Any]) -> str | None:
     return value
 
 
-def parse_text(text: str, max_text_chars: int) -> ClientMessage:
+def parse_text(text: str, max_text_chars: int) -> Intent:
     """Parse one text WebSocket message; raises ClientError naming what is wrong."""
     message = _load_object(text, "message")
     return _parse_object(message, max_text_chars, image_bytes=None)
 
 
-def parse_binary(data: bytes, max_text_chars: int) -> ClientMessage:
+def parse_binary(data: bytes, max_text_chars: int) -> Intent:
     """Parse one binary message: header length, JSON header, raw image bytes."""
     if len(data) < 4:
         raise ClientError(errors.INVALID_JSON, "binary message shorter than its 4-byte header length")
@@ -163,7 +120,7 @@ def parse_binary(data: bytes, max_text_chars: int) -> ClientMessage:
     return _parse_object(message, max_text_chars, image_bytes=image_bytes)
 
 
-def _parse_object(message: dict[str, Any], max_text_chars: int, image_bytes: bytes | None) -> ClientMessage:
+def _parse_object(message: dict[str, Any], max_text_chars: int, image_bytes: bytes | None) -> Intent:
     request_id = _request_id(message)
     kind = message.get("type")
     if not isinstance(kind, str):
@@ -299,3 +256,24 @@ def encode(event: ServerEvent) -> str:
     else:
         raise TypeError(f"not a server event: {event!r}")
     return json.dumps(_with_id(message, event.request_id), ensure_ascii=False, separators=(",", ":"))
+
+
+class MlxwsWire:
+    """The original protocol on one connection: text JSON messages, binary frames in, text JSON out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_text_chars = settings.max_text_chars
+
+    def opening(self) -> list[str | bytes]:
+        return []
+
+    def parse(self, data: str | bytes) -> list[Intent]:
+        if isinstance(data, str):
+            return [parse_text(data, self.max_text_chars)]
+        return [parse_binary(data, self.max_text_chars)]
+
+    def encode(self, event: ServerEvent) -> list[str]:
+        return [encode(event)]
+
+    def farewell(self, code: int) -> list[str | bytes]:
+        return []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from starlette.applications import Starlette
@@ -25,11 +25,14 @@ from mlxd import __version__
 from mlxd.engine.local import READY, Engine
 from mlxd.engine.model_choice import ModelChoice
 from mlxd.metrics import Metrics
+from mlxd.outbox import Outbox
+from mlxd.protocols.base import Wire
+from mlxd.protocols.mlxws import MlxwsWire
 from mlxd.scheduler import WorkQueue
 from mlxd.server.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
 from mlxd.server.connection import Connection
 from mlxd.server.loop_lag import watch_loop_lag
-from mlxd.session import Outbox, Session
+from mlxd.session import Session
 from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.server.app")
@@ -52,7 +55,14 @@ class Server:
     def status(self) -> dict[str, object]:
         return {**self.engine.status(), "sessions": len(self.connections)}
 
-    async def websocket(self, websocket: WebSocket) -> None:
+    def endpoint(self, make_wire: Callable[[Settings], Wire]) -> Callable[[WebSocket], Awaitable[None]]:
+        """The WebSocket endpoint of one wire format."""
+        async def serve(websocket: WebSocket) -> None:
+            await self.websocket(websocket, make_wire(self.settings))
+
+        return serve
+
+    async def websocket(self, websocket: WebSocket, wire: Wire) -> None:
         denial = self.access.websocket_denial(websocket)
         if denial is not None:
             self.metrics.refused.labels(reason=denial.reason).inc()
@@ -71,7 +81,7 @@ class Server:
             return
         session = Session(self.settings, self.queue, self.metrics, self.status, self.engine.forget,
                           Outbox(asyncio.get_running_loop(), self.settings.max_backlog))
-        connection = Connection(websocket, session)
+        connection = Connection(websocket, session, wire)
         self.connections.add(connection)  # counted before the first await, so the limit holds under a rush
         try:
             await websocket.accept(subprotocol)
@@ -121,8 +131,8 @@ class Server:
 
 def create_app(server: Server) -> Starlette:
     routes = [
-        WebSocketRoute("/", server.websocket),
-        WebSocketRoute("/ws", server.websocket),
+        WebSocketRoute("/", server.endpoint(MlxwsWire)),
+        WebSocketRoute("/ws", server.endpoint(MlxwsWire)),
         Route("/healthz", server.healthz),
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),

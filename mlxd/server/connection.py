@@ -1,9 +1,10 @@
 """One WebSocket connection: read messages into the session, write its events back, and end it when it must.
 
-The reader parses with the wire protocol and hands typed messages to the session, within the connection's
-message rate; the writer drains the session's outbox and encodes. Data flows one way:
-socket -> session -> engine, and engine -> session -> socket. A watchdog ends a connection that has gone
-idle, and one whose client stopped reading before its backlog grows without bound.
+The reader parses with the connection's wire format and hands the intents to the session, within the
+connection's message rate; the writer drains the session's outbox and encodes with the same wire.
+Data flows one way: socket -> wire -> session -> engine, and engine -> session -> wire -> socket. A
+watchdog ends a connection that has gone idle, and one whose client stopped reading before its backlog
+grows without bound.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd.errors import ClientError
-from mlxd.protocols import mlxws as protocol
+from mlxd.protocols.base import Close, Wire
 from mlxd.server.ratelimit import TokenBucket
 from mlxd.session import Session
 
@@ -44,15 +45,19 @@ INTERNAL = Ending("internal", 1011, "internal error")
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, session: Session) -> None:
+    def __init__(self, websocket: WebSocket, session: Session, wire: Wire) -> None:
         self.websocket = websocket
         self.session = session
+        self.wire = wire
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._send_started: float | None = None
 
     async def run(self) -> Ending | None:
         """Serve the connection until the client leaves or the server closes it; say why if the server ended it."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            for message in self.wire.opening():
+                await self._send(message)
         tasks = [asyncio.create_task(work) for work in (self._read(), self._write(), self._watch())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -85,34 +90,44 @@ class Connection:
                 self._last_activity = now = self._loop.time()
                 session.messages += 1
                 within_rate = bucket.take(now)
+                data = message["text"] if message.get("text") is not None else message.get("bytes") or b""
                 try:
-                    if message.get("text") is not None:
-                        parsed = protocol.parse_text(message["text"], settings.max_text_chars)
-                    else:
-                        parsed = protocol.parse_binary(message.get("bytes") or b"", settings.max_text_chars)
+                    intents = self.wire.parse(data)
                 except ClientError as exc:
                     session.refuse(exc)
                     continue
-                if within_rate:
-                    session.handle(parsed)
-                else:
-                    session.throttle(parsed)
+                for intent in intents:
+                    if within_rate:
+                        session.handle(intent)
+                    else:
+                        session.throttle(intent)
         except (WebSocketDisconnect, RuntimeError):
             return
 
-    async def _write(self) -> None:
+    async def _write(self) -> Ending | None:
+        """Send the session's events; a wire that answers an event with a Close ends the connection."""
         session = self.session
         try:
             while True:
                 events = await session.outbox.take()
                 for event in events:
                     session.account(event)
-                    self._send_started = self._loop.time()
-                    await self.websocket.send_text(protocol.encode(event))
+                    for message in self.wire.encode(event):
+                        if isinstance(message, Close):
+                            return Ending("refused", message.code, message.sendable_reason)
+                        self._send_started = self._loop.time()
+                        await self._send(message)
                 self._send_started = None
                 self._last_activity = self._loop.time()
         except (WebSocketDisconnect, RuntimeError, OSError):
             log.debug("writer_stopped", session=session.id)
+        return None
+
+    async def _send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            await self.websocket.send_text(message)
+        else:
+            await self.websocket.send_bytes(message)
 
     async def _watch(self) -> Ending:
         """End the connection when its backlog overflows, a send is stuck, or it has been idle too long."""
@@ -134,6 +149,12 @@ class Connection:
         return self.session.idle() and self.session.outbox.empty() and self._send_started is None
 
     async def close(self, code: int = GOING_AWAY, reason: str = "") -> None:
-        """Send a close frame, giving up after a moment: a client that does not read never takes it."""
+        """Say farewell where the wire has one, then send a close frame, giving up after a moment: a client
+        that does not read never takes it."""
+        async def farewell_and_close() -> None:
+            for message in self.wire.farewell(code):
+                await self._send(message)
+            await self.websocket.close(code, reason)
+
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.websocket.close(code, reason), CLOSE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(farewell_and_close(), CLOSE_TIMEOUT_SECONDS)

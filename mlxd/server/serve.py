@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -67,18 +68,25 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
              tls=settings.tls_cert is not None, token=token is not None, blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)
+    code = 0
     try:
         _GracefulServer(config, server).run()
-    finally:
-        if server.engine.busy:
-            _exit_now("the engine is still loading the model or generating: exiting without waiting for it")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    if server.engine.busy:
+        log.warning("stopped", reason="the engine is still loading the model or generating: exiting without "
+                    "waiting for it")
+    else:
         log.info("stopped")
-    return 0
+    _exit_now(code)
+    return code
 
 
-def _exit_now(reason: str) -> None:
-    """Leave at once. Letting the interpreter finalize while the engine thread is inside MLX can abort the
-    process (std::terminate) instead of exiting cleanly."""
-    log.warning("stopped", reason=reason)
+def _exit_now(code: int) -> None:
+    """Leave at once, skipping the interpreter's finalization: beside MLX's native threads it can abort the
+    process (std::terminate), even once the engine thread has ended (seen after a model load that finished
+    during the shutdown)."""
     logging.shutdown()
-    os._exit(0)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -1,0 +1,129 @@
+"""What a client asks of its session, independent of any wire format: every protocol's `parse` returns these.
+
+Protocols differ in meaning, not only in spelling, and the difference is expressed here once: in the
+original protocol every text, image and frame asks for an answer (`TextInput`, `ImageInput`); in the
+conversation protocols messages build a conversation (`AddMessages`), frames are context (`OfferFrame`) and
+an explicit `Respond` asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mlxd.dialogue import Message
+
+FRAME_TYPES = ("video_frame", "screen_frame")
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """A question that asks for its own answer; with `history` on, a turn of the session's conversation."""
+
+    request_id: str | None
+    content: str
+    context: str | None
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An `image_input` (never dropped) or a frame (latest wins) that asks for its own answer; still encoded."""
+
+    request_id: str | None
+    message_type: str
+    data: str | bytes
+    prompt: str
+    source: str | None
+
+    @property
+    def is_frame(self) -> bool:
+        return self.message_type in FRAME_TYPES
+
+
+@dataclass(frozen=True)
+class ConfigUpdate:
+    request_id: str | None
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """End the named request, or (no id) whatever is running."""
+
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class GetStatus:
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class Reset:
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class AddMessages:
+    """Messages into the conversation: appended, or after the message `after` ("root": first). `pending`
+    adds them to the turn being built instead, which the next `Respond` commits with its frame."""
+
+    messages: tuple[Message, ...]
+    after: str | None = None
+    pending: bool = False
+    request_id: str | None = None
+
+
+WhenBusy = Literal["interrupt", "wait", "refuse"]
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Ask for an answer, prompted with the instructions, the conversation, the pending turn and the newest
+    offered frame; it is recorded in the conversation as `answer_id`. Out of band, it sees only `input` (and
+    the instructions and the frame) and records nothing. `when_busy` says what happens to a conversation
+    answer still running: cut it (its text so far stays), wait for it, or refuse this one. A frame that it
+    commits as a message of its own (nothing else is pending) gets the id `frame_id`."""
+
+    request_id: str
+    answer_id: str | None = None
+    out_of_band: bool = False
+    input: tuple[Message, ...] = ()
+    instructions: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    when_busy: WhenBusy = "interrupt"
+    frame_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OfferFrame:
+    """A live frame as context: only the newest waits for the next answer; it never asks by itself."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Cut the running conversation answer (barge-in) and ask nothing."""
+
+
+@dataclass(frozen=True)
+class DeleteMessage:
+    message_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RetrieveMessage:
+    message_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SetInstructions:
+    text: str | None
+
+
+Intent = (TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus | Reset | AddMessages | Respond | OfferFrame
+          | Interrupt | DeleteMessage | RetrieveMessage | SetInstructions)

@@ -237,3 +237,24 @@ def test_audio_input_is_refused_and_the_server_carries_on(tls_server):
         run(conversation())
     assert refused.value.code == 1008 and "audio is not supported" in str(refused.value)
     assert flags(ask(tls_server, "Still there?"))[-1] == "turn_complete"
+
+
+@pytest.mark.slow
+def test_the_embedded_chat_model_says_paris_on_both_protocols(tmp_path: Path):
+    server = ServerProcess("smollm2-135m", "--tls-self-signed", log_path=tmp_path / "server.log",
+                           env={"XDG_CONFIG_HOME": str(tmp_path)})
+    try:
+        wait_ready_over_tls(server, certificate(tmp_path), timeout=300)
+        config = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 40}
+        gemini = ask((server, certificate(tmp_path)), "What is the capital of France?", config)
+        trust = ssl.create_default_context(cafile=str(certificate(tmp_path)))
+        with connect(f"wss://localhost:{server.port}/", ssl=trust, open_timeout=10) as ws:
+            send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 40})
+            ws.recv(timeout=30)
+            own = run_request(ws, {"type": "text_input", "content": "What is the capital of France?", "id": "q"},
+                              timeout=180)
+    finally:
+        server.stop()
+    assert "Paris" in text_of(gemini)
+    assert text_of(gemini) == tokens_text(own, "q")
+    assert flags(gemini) == ["text", "generation_complete", "turn_complete"], "it stops at its end-of-turn token"

@@ -9,6 +9,8 @@ Sections (all by default, or pick with --only):
             (the whole conversation prefilled again)
   frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+  gemini    Gemini Live through Google's python SDK against mlxd's own protocol, both over wss (TTFT p50/p95,
+            tokens/s), and the age of the frame an answer used at 30 fps with a question every second
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
@@ -40,7 +42,7 @@ from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames")
+SECTIONS = ("single", "batching", "history", "frames", "gemini")
 
 
 def median(values: list[float]) -> float:
@@ -272,6 +274,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frame-tokens", type=int, default=16)
     parser.add_argument("--wire-frames", type=int, default=100)
+    parser.add_argument("--gemini-runs", type=int, default=20, help="runs of each protocol in `gemini`")
     args = parser.parse_args()
     sections = args.only or SECTIONS
     print(f"BLAS: {BLAS or 'mlx default'}")
@@ -287,6 +290,12 @@ def main() -> None:
         if "frames" in sections:
             vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
             frames(vision, scratch, args.fps, args.seconds, args.frame_tokens, args.wire_frames)
+        if "gemini" in sections:
+            from bench_gemini import gemini
+
+            vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
+            gemini(args.model or tiny_text, vision, scratch, args.max_tokens, args.gemini_runs, args.fps,
+                   args.seconds, args.frame_tokens)
 
 
 if __name__ == "__main__":

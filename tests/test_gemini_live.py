@@ -151,7 +151,8 @@ def test_context_update_replaces_the_system_instruction(tls_server):
     assert longer > short
 
 
-def test_new_input_interrupts_a_running_answer_which_stays_in_the_history(tls_server):
+@pytest.mark.parametrize("barge_in", ["realtime_text", "client_content"])
+def test_new_input_interrupts_a_running_answer_which_stays_in_the_history(tls_server, barge_in):
     server, cert = tls_server
 
     async def conversation() -> tuple[list, list]:
@@ -160,7 +161,10 @@ def test_new_input_interrupts_a_running_answer_which_stays_in_the_history(tls_se
             await session.send_client_content(turns=user_turn("Tell me everything."))
             iterator = session.receive().__aiter__()
             first = [await asyncio.wait_for(iterator.__anext__(), 60) for _ in range(20)]
-            await session.send_realtime_input(text="Stop.")
+            if barge_in == "realtime_text":
+                await session.send_realtime_input(text="Stop.")
+            else:
+                await session.send_client_content(turns=user_turn("Stop."))
             first += [message async for message in iterator]
             return first, await answer(session)
 
@@ -189,22 +193,30 @@ def test_no_interruption_lets_the_running_answer_finish_first(tls_server):
     assert flags(second)[-1] == "turn_complete"
 
 
-def test_activity_signals_make_one_turn_when_detection_is_disabled(tls_server):
+def test_activity_signals_make_one_turn_and_a_new_activity_interrupts(tls_server):
     server, cert = tls_server
-    config = {**GREEDY, "realtime_input_config": {"automatic_activity_detection": {"disabled": True}}}
+    config = {**GREEDY, "max_output_tokens": 400,
+              "realtime_input_config": {"automatic_activity_detection": {"disabled": True}}}
 
-    async def conversation() -> list:
+    async def conversation() -> tuple[list, list]:
         async with client(server, cert).aio.live.connect(model=MODEL, config=config) as session:
             await session.send_realtime_input(activity_start={})
             await session.send_realtime_input(text="one")
             await session.send_realtime_input(text="two")
-            with pytest.raises(asyncio.TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # nothing is answered before the activity ends
                 await asyncio.wait_for(session.receive().__anext__(), 1.0)
             await session.send_realtime_input(activity_end={})
-            return await answer(session)
+            iterator = session.receive().__aiter__()
+            cut = [await asyncio.wait_for(iterator.__anext__(), 60) for _ in range(5)]
+            await session.send_realtime_input(activity_start={})
+            cut += [message async for message in iterator]
+            await session.send_realtime_input(text="three")
+            await session.send_realtime_input(activity_end={})
+            return cut, await answer(session)
 
-    messages = run(conversation())
-    assert flags(messages)[-1] == "turn_complete"
+    cut, next_turn = run(conversation())
+    assert flags(cut) == ["text", "interrupted", "turn_complete"]
+    assert flags(next_turn)[-2:] == ["generation_complete", "turn_complete"]
 
 
 @pytest.mark.parametrize("config,code,named", [

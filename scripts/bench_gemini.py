@@ -19,8 +19,8 @@ from pathlib import Path
 import websockets
 from google.genai import types
 
-from tests.gemini_sdk import MODEL, certificate, client, user_turn, wait_ready_over_tls
-from tests.helpers import ServerProcess, encoded_image
+from tests.gemini_sdk import MODEL, client, serving_tls, user_turn
+from tests.helpers import encoded_image
 
 PROMPT = "Tell me a story about a robot who learns to paint."
 
@@ -98,12 +98,7 @@ async def frame_ages(sdk, fps: float, seconds: float, max_tokens: int) -> tuple[
 
 def gemini(model_name: str, vision_model: str, scratch: Path, max_tokens: int, runs: int, fps: float,
            seconds: float, frame_tokens: int) -> None:
-    home = scratch / "gemini-config"
-    cert = certificate(home)
-    server = ServerProcess(model_name, "--log-level", "warning", "--tls-self-signed",
-                           log_path=scratch / "gemini.log", env={"XDG_CONFIG_HOME": str(home)})
-    try:
-        wait_ready_over_tls(server, cert, timeout=600)
+    with serving_tls(model_name, scratch / "gemini-text", "--log-level", "warning", timeout=600) as (server, cert):
         trust, sdk = ssl.create_default_context(cafile=str(cert)), client(server, cert)
         url = f"wss://localhost:{server.port}/"
 
@@ -113,8 +108,6 @@ def gemini(model_name: str, vision_model: str, scratch: Path, max_tokens: int, r
             return pairs[1:]
 
         pairs = asyncio.run(interleaved())
-    finally:
-        server.stop()
     print(f"\n[gemini] {model_name}, {max_tokens} tokens, greedy, {runs} interleaved runs, both over wss")
     print(f"{'':22}{'TTFT p50 ms':>12}{'TTFT p95 ms':>12}{'tok/s p50':>11}")
     figures = {}
@@ -130,15 +123,8 @@ def gemini(model_name: str, vision_model: str, scratch: Path, max_tokens: int, r
 
 
 def frames_through_gemini(vision_model: str, scratch: Path, fps: float, seconds: float, tokens: int) -> None:
-    home = scratch / "gemini-vision-config"
-    cert = certificate(home)
-    server = ServerProcess(vision_model, "--log-level", "warning", "--tls-self-signed",
-                           log_path=scratch / "gemini-vision.log", env={"XDG_CONFIG_HOME": str(home)})
-    try:
-        wait_ready_over_tls(server, cert, timeout=600)
+    with serving_tls(vision_model, scratch / "gemini-vision", "--log-level", "warning", timeout=600) as (server, cert):
         ages, sent = asyncio.run(frame_ages(client(server, cert), fps, seconds, tokens))
-    finally:
-        server.stop()
     print(f"[gemini frames] {vision_model}, 640x480 JPEG at {fps:g} fps, a question every second for "
           f"{seconds:g} s, {tokens} tokens per answer: {sent} frames sent")
     print(f"  age of the frame an answer used, at its first token: p50 {1000 * statistics.median(ages):.1f} ms, "

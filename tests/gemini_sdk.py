@@ -4,10 +4,11 @@ wss with the certificate `--tls-self-signed` made, trusted through SSL_CERT_FILE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -43,6 +44,19 @@ def wait_ready_over_tls(server: ServerProcess, cert: Path, timeout: float = 60) 
         if server.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the TLS server is not ready:\n{server.log_text()}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving_tls(model: Path | str, folder: Path, *args: str,
+                timeout: float = 60) -> Iterator[tuple[ServerProcess, Path]]:
+    """`mlxd serve --tls-self-signed` with its config directory in `folder`: the server and its certificate."""
+    server = ServerProcess(model, "--tls-self-signed", *args, log_path=folder / "server.log",
+                           env={"XDG_CONFIG_HOME": str(folder)})
+    try:
+        wait_ready_over_tls(server, certificate(folder), timeout)
+        yield server, certificate(folder)
+    finally:
+        server.stop()
 
 
 def client(server: ServerProcess, cert: Path, api_key: str = "any-key", **http_options: Any) -> genai.Client:

@@ -14,6 +14,7 @@ import httpx
 from websockets.sync.client import connect
 
 from mlxd.server.certificate import ensure_certificate
+from tests.gemini_sdk import wait_ready_over_tls
 from tests.helpers import REPO, receive, send
 
 
@@ -45,15 +46,9 @@ def test_serve_tls_self_signed_prints_the_trust_line_and_serves_wss(start_server
     while f"SSL_CERT_FILE={cert} NODE_EXTRA_CA_CERTS={cert}" not in server.log_text():
         assert server.process.poll() is None and time.monotonic() < deadline, server.log_text()
         time.sleep(0.05)
+    wait_ready_over_tls(server, cert)
     trust = strict_trust(cert)
-    while True:
-        try:
-            if httpx.get(f"https://localhost:{server.port}/readyz", verify=trust, timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert server.process.poll() is None, server.log_text()
-        assert time.monotonic() < deadline, server.log_text()
-        time.sleep(0.1)
+    assert httpx.get(f"https://localhost:{server.port}/readyz", verify=trust, timeout=5).status_code == 200
     for host in ("localhost", "127.0.0.1"):
         with connect(f"wss://{host}:{server.port}/", ssl=trust, open_timeout=10) as ws:
             send(ws, {"type": "get_status"})

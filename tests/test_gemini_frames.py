@@ -15,7 +15,7 @@ from google.genai import types
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gemini_sdk import MODEL, answer, certificate, client, flags, run, usage_of, user_turn, wait_ready_over_tls
+from tests.gemini_sdk import MODEL, answer, client, flags, run, serving_tls, usage_of, user_turn
 from tests.helpers import ServerProcess, encoded_image
 
 GREEDY = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 3}
@@ -23,14 +23,9 @@ GREEDY = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens"
 
 @pytest.fixture(scope="module")
 def vision_tls_server(tiny_vision_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    home = tmp_path_factory.mktemp("config")
-    server = ServerProcess(tiny_vision_model, "--tls-self-signed", "--max-image-pixels", "1000000",
-                           log_path=home / "server.log", env={"XDG_CONFIG_HOME": str(home)})
-    try:
-        wait_ready_over_tls(server, certificate(home))
-        yield server, certificate(home)
-    finally:
-        server.stop()
+    with serving_tls(tiny_vision_model, tmp_path_factory.mktemp("config"), "--max-image-pixels",
+                     "1000000") as started:
+        yield started
 
 
 def dropped(server: ServerProcess, cert: Path, reason: str = "superseded") -> float:

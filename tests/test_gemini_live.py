@@ -17,16 +17,15 @@ from websockets.sync.client import connect
 from tests.gemini_sdk import (
     MODEL,
     answer,
-    certificate,
     client,
     flags,
     run,
+    serving_tls,
     text_of,
     usage_of,
     user_turn,
-    wait_ready_over_tls,
 )
-from tests.helpers import ServerProcess, run_request, send, tokens_text
+from tests.helpers import run_request, send, tokens_text
 
 GREEDY = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 8}
 
@@ -34,14 +33,8 @@ GREEDY = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens"
 @pytest.fixture(scope="module")
 def tls_server(tiny_text_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """One server for the module, with the certificate `--tls-self-signed` made in a private config dir."""
-    home = tmp_path_factory.mktemp("config")
-    server = ServerProcess(tiny_text_model, "--tls-self-signed", log_path=home / "server.log",
-                           env={"XDG_CONFIG_HOME": str(home)})
-    try:
-        wait_ready_over_tls(server, certificate(home))
-        yield server, certificate(home)
-    finally:
-        server.stop()
+    with serving_tls(tiny_text_model, tmp_path_factory.mktemp("config")) as started:
+        yield started
 
 
 def ask(tls_server, question: str, config: dict | None = None, **http_options) -> list[types.LiveServerMessage]:
@@ -253,20 +246,15 @@ def test_audio_input_is_refused_and_the_server_carries_on(tls_server):
 
 @pytest.mark.slow
 def test_the_embedded_chat_model_says_paris_on_both_protocols(tmp_path: Path):
-    server = ServerProcess("smollm2-135m", "--tls-self-signed", log_path=tmp_path / "server.log",
-                           env={"XDG_CONFIG_HOME": str(tmp_path)})
-    try:
-        wait_ready_over_tls(server, certificate(tmp_path), timeout=300)
+    with serving_tls("smollm2-135m", tmp_path, timeout=300) as (server, cert):
         config = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 40}
-        gemini = ask((server, certificate(tmp_path)), "What is the capital of France?", config)
-        trust = ssl.create_default_context(cafile=str(certificate(tmp_path)))
-        with connect(f"wss://localhost:{server.port}/", ssl=trust, open_timeout=10) as ws:
+        gemini = ask((server, cert), "What is the capital of France?", config)
+        with connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
+                     open_timeout=10) as ws:
             send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 40})
             ws.recv(timeout=30)
             own = run_request(ws, {"type": "text_input", "content": "What is the capital of France?", "id": "q"},
                               timeout=180)
-    finally:
-        server.stop()
     assert "Paris" in text_of(gemini)
     assert text_of(gemini) == tokens_text(own, "q")
     assert flags(gemini) == ["text", "generation_complete", "turn_complete"], "it stops at its end-of-turn token"

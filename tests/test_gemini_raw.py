@@ -20,16 +20,6 @@ SERVER_KEYS = {"setupComplete", "serverContent", "usageMetadata", "goAway"}
 SETUP = {"setup": {"model": "models/anything", "generationConfig": {"temperature": 0, "maxOutputTokens": 4}}}
 
 
-@pytest.fixture(scope="module")
-def gemini_server(tiny_text_model, tmp_path_factory) -> ServerProcess:
-    server = ServerProcess(tiny_text_model, log_path=tmp_path_factory.mktemp("gemini") / "server.log")
-    try:
-        server.wait_state("ready")
-        yield server
-    finally:
-        server.stop()
-
-
 @contextlib.contextmanager
 def open_session(server: ServerProcess, path: str = PATH, setup: dict | None = None, **options) -> Iterator:
     with server.connect(path, **options) as ws:
@@ -64,8 +54,8 @@ def closed_with(ws, message: str | dict | None = None) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_every_path_answers_a_turn(gemini_server, path):
-    with open_session(gemini_server, path) as ws:
+def test_every_path_answers_a_turn(text_server, path):
+    with open_session(text_server, path) as ws:
         ws.send(json.dumps({"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hi"}]}],
                                               "turnComplete": True}}))
         messages = until_turn_complete(ws)
@@ -85,8 +75,8 @@ def test_every_path_answers_a_turn(gemini_server, path):
     ({"setup": {"generationConfig": {"temperature": 5}}}, 1007, "temperature"),
     ({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}, 1008, "audio"),
 ])
-def test_a_bad_first_message_closes_with_a_reason_naming_it(gemini_server, first, code, named):
-    with gemini_server.connect(PATH) as ws:
+def test_a_bad_first_message_closes_with_a_reason_naming_it(text_server, first, code, named):
+    with text_server.connect(PATH) as ws:
         found_code, reason = closed_with(ws, first)
     assert found_code == code and named in reason and len(reason.encode()) <= 123
 
@@ -99,18 +89,18 @@ def test_a_bad_first_message_closes_with_a_reason_naming_it(gemini_server, first
     ({"clientContent": {"turns": [{"parts": [{"inlineData": {"data": "AAAA", "mimeType": "image/png"}}]}],
                         "turnComplete": True}}, 1008, "text-only"),
 ])
-def test_a_bad_later_message_closes_that_session_only(gemini_server, message, code, named):
-    with open_session(gemini_server) as bystander, open_session(gemini_server) as ws:
+def test_a_bad_later_message_closes_that_session_only(text_server, message, code, named):
+    with open_session(text_server) as bystander, open_session(text_server) as ws:
         assert closed_with(ws, message)[0] == code
         bystander.send(json.dumps({"realtimeInput": {"text": "still here?"}}))
         assert until_turn_complete(bystander)[-1]["usageMetadata"]["responseTokenCount"] == 4
 
 
-def test_snake_case_everywhere_and_audio_stream_end_is_harmless(gemini_server):
+def test_snake_case_everywhere_and_audio_stream_end_is_harmless(text_server):
     setup = {"setup": {"model": "x", "generation_config": {"temperature": 0, "max_output_tokens": 2, "top_k": 5.0,
                                                            "presence_penalty": 0.5, "frequency_penalty": -0.5},
                        "system_instruction": {"parts": [{"text": "Be brief."}]}}}
-    with open_session(gemini_server, setup=setup) as ws:
+    with open_session(text_server, setup=setup) as ws:
         ws.send(json.dumps({"realtime_input": {"audio_stream_end": True}}))
         ws.send(json.dumps({"client_content": {"turns": [{"role": "user", "parts": [{"text": "Hi"}]}],
                                                "turn_complete": True}}))
@@ -130,15 +120,15 @@ def test_the_token_is_the_api_key_in_every_form_and_required_on_gemini_paths(tin
             assert received(ws) == {"setupComplete": {}}
 
 
-def test_origin_and_host_rules_hold_on_gemini_paths(gemini_server):
+def test_origin_and_host_rules_hold_on_gemini_paths(text_server):
     with pytest.raises(InvalidStatus) as refused:
-        gemini_server.connect(PATH, origin="https://evil.example").close()
+        text_server.connect(PATH, origin="https://evil.example").close()
     assert refused.value.response.status_code == 403
-    with open_session(gemini_server, origin="http://localhost:5173"):
+    with open_session(text_server, origin="http://localhost:5173"):
         pass
     handshake = (f"GET {PATH} HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", gemini_server.port), timeout=5) as raw:
+    with socket.create_connection(("127.0.0.1", text_server.port), timeout=5) as raw:
         raw.sendall(handshake.encode())
         assert raw.recv(100).startswith(b"HTTP/1.1 403")
 

@@ -16,18 +16,12 @@ from typing import Any
 from mlxd import errors
 from mlxd.dialogue import Message, Part
 from mlxd.errors import ClientError
-from mlxd.protocols.mlxws import MAX_OUTPUT_TOKENS, _number
+from mlxd.protocols.mlxws import WIRE_TO_CONFIG, _number
 
 UNSUPPORTED = "unsupported"
 ROLES = {"user": "user", "model": "assistant"}
-GENERATION_FIELDS: dict[str, tuple[str, float, float, bool]] = {
-    "maxOutputTokens": ("max_tokens", 1, MAX_OUTPUT_TOKENS, True),
-    "temperature": ("temperature", 0.0, 2.0, False),
-    "topP": ("top_p", 0.0, 1.0, False),
-    "topK": ("top_k", 0, 1_000_000, True),
-    "presencePenalty": ("presence_penalty", -2.0, 2.0, False),
-    "frequencyPenalty": ("frequency_penalty", -2.0, 2.0, False),
-}
+# mlxd's own protocol already names its sampling fields as Gemini's generationConfig does, with the same ranges.
+GENERATION_FIELDS = {wire: spec for wire, spec in WIRE_TO_CONFIG.items() if wire != "max_tokens_image"}
 AUDIO_REFUSAL = "audio is not supported by the loaded model (text and images only)"
 
 

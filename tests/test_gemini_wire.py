@@ -7,6 +7,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlxd.dialogue import Message, Part
 from mlxd.errors import ClientError
@@ -197,3 +199,51 @@ def test_go_away_before_the_server_closes():
     assert decoded(gemini.farewell(1001)) == [{"goAway": {"timeLeft": "0s"}}]
     assert decoded(gemini.farewell(1000)) == [{"goAway": {"timeLeft": "0s"}}]
     assert gemini.farewell(1008) == []
+
+
+VALID = [
+    {"setup": {"model": "m", "generationConfig": {"temperature": 0.5, "topK": 5.0, "responseModalities": ["TEXT"]},
+               "systemInstruction": {"role": "user", "parts": [{"text": "s"}]}, "tools": [],
+               "sessionResumption": {}, "realtimeInputConfig": {"activityHandling": "NO_INTERRUPTION",
+                                                                "automaticActivityDetection": {"disabled": True}}}},
+    {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "t"}, {"inlineData": {
+        "data": URLSAFE, "mimeType": "image/jpeg"}}]}], "turnComplete": True}},
+    {"realtimeInput": {"text": "t", "video": {"data": URLSAFE, "mimeType": "image/jpeg"}, "activityStart": {},
+                       "activityEnd": {}, "mediaChunks": [{"data": URLSAFE, "mimeType": "image/png"}]}},
+    {"contextUpdate": {"systemInstruction": {"parts": [{"text": "s"}]}, "tools": {"tools": []}}},
+]
+ANYTHING = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                   max_size=2), max_leaves=4)
+
+
+def places(value, path=()):
+    """Every path to a value inside a message."""
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from places(child, (*path, key))
+
+
+def replaced(value, path, new):
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = replaced(value[path[0]], path[1:], new)
+    return copy
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_field_of_any_type_is_parsed_or_refused_never_a_crash(data):
+    """Each valid message with one value anywhere in it replaced by anything JSON can hold."""
+    template = data.draw(st.sampled_from(VALID))
+    path = data.draw(st.sampled_from(list(places(template))))
+    message = replaced(template, path, data.draw(ANYTHING))
+    for automatic in (True, False):
+        gemini = wire() if automatic else wire({"realtimeInputConfig": {"automaticActivityDetection": {
+            "disabled": True}}})
+        try:
+            gemini.parse(json.dumps(message))
+        except ClientError as refused:
+            assert isinstance(gemini.encode(ErrorReport(refused.code, refused.message))[0], Close)

@@ -120,7 +120,7 @@ def content_message(content: Any, path: str, max_chars: int) -> Message:
     """A `Content` turn {role, parts: [{text} | {inlineData}]}; other kinds of part are ignored."""
     content = as_object(content, path)
     role = field(content, "role") or "user"
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise invalid(f"{path}.role: must be 'user' or 'model'")
     parts = []
     for i, part in enumerate(as_list(field(content, "parts"), f"{path}.parts")):

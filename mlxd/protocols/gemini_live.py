@@ -125,14 +125,14 @@ class GeminiLiveWire:
         disabled = as_bool(field(detection, "disabled"),
                            "setup.realtimeInputConfig.automaticActivityDetection.disabled")
         handling = field(realtime, "activityHandling")
-        if handling not in ACTIVITY_HANDLING:
+        if not isinstance(handling, (str, type(None))) or handling not in ACTIVITY_HANDLING:
             raise invalid(f"setup.realtimeInputConfig.activityHandling: unknown value {str(handling)[:40]!r}")
         instructions = instruction_text(field(setup, "systemInstruction"), "setup.systemInstruction",
                                         self.max_text_chars)
         self._set_up = True
         self._automatic_activity = not disabled
         self._when_busy = ACTIVITY_HANDLING[handling]
-        log.info("gemini_setup", model=model, automatic_activity=self._automatic_activity,
+        log.info("gemini_setup", model=model and model[:200], automatic_activity=self._automatic_activity,
                  activity_handling=handling)
         return [SetInstructions(instructions), ConfigUpdate(None, changes)]
 

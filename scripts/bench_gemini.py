@@ -103,8 +103,13 @@ def gemini(model_name: str, vision_model: str, scratch: Path, max_tokens: int, r
         url = f"wss://localhost:{server.port}/"
 
         async def interleaved() -> list[tuple[tuple[float, float], tuple[float, float]]]:
-            pairs = [(await mlxd_run(url, trust, max_tokens), await gemini_run(sdk, max_tokens))
-                     for _ in range(runs + 1)]
+            pairs = []
+            for run in range(runs + 1):  # the order alternates, so that a drift in load favours neither
+                if run % 2:
+                    gemini_first = await gemini_run(sdk, max_tokens)
+                    pairs.append((await mlxd_run(url, trust, max_tokens), gemini_first))
+                else:
+                    pairs.append((await mlxd_run(url, trust, max_tokens), await gemini_run(sdk, max_tokens)))
             return pairs[1:]
 
         pairs = asyncio.run(interleaved())

@@ -50,6 +50,7 @@ def wait_ready_over_tls(server: ServerProcess, cert: Path, timeout: float = 60) 
 def serving_tls(model: Path | str, folder: Path, *args: str,
                 timeout: float = 60) -> Iterator[tuple[ServerProcess, Path]]:
     """`mlxd serve --tls-self-signed` with its config directory in `folder`: the server and its certificate."""
+    folder.mkdir(parents=True, exist_ok=True)
     server = ServerProcess(model, "--tls-self-signed", *args, log_path=folder / "server.log",
                            env={"XDG_CONFIG_HOME": str(folder)})
     try:

@@ -1,4 +1,4 @@
-"""The `mlxd` command line: `serve`, and the service commands (`install`, `start`, ...)."""
+"""The `mlxd` command line: `serve`, the client commands (`ask`, `watch`) and the service commands (`install`, ...)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mlxd import __version__
+from mlxd.client_cli import add_client_commands
 from mlxd.service import add_service_commands
 from mlxd.settings import Settings, add_serve_arguments
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--host", default=Settings().host, help="a name or address it must cover besides localhost "
                       "(default: %(default)s)")
     cert.set_defaults(func=_cert)
+    add_client_commands(commands)
     add_service_commands(commands)
     return parser
 

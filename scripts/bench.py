@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import sys
@@ -38,6 +39,7 @@ from mlxd.engine.blas import use_fast_blas
 
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
+from mlxd.client import Client, Result
 from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
 
@@ -49,38 +51,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-class Client:
-    """One WebSocket session; `ask` returns (TTFT, decode tokens/s, the completion message)."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-
-    @classmethod
-    async def open(cls, url: str, **config) -> Client:
-        ws = await websockets.connect(url, max_size=None)
-        client = cls(ws)
-        if config:
-            await ws.send(json.dumps({"type": "config", **config}))
-            await ws.recv()
-        return client
-
-    async def ask(self, content: str, request_id: str = "q") -> tuple[float, float, dict]:
-        sent = time.perf_counter()
-        await self.ws.send(json.dumps({"type": "text_input", "content": content, "id": request_id}))
-        first = None
-        while True:
-            message = json.loads(await self.ws.recv())
-            if message["type"] == "token" and first is None:
-                first = time.perf_counter()
-            if message["type"] in ("response_complete", "error"):
-                ended = time.perf_counter()
-                break
-        tokens = message.get("usage", {}).get("completion_tokens", 0)
-        first = first or ended
-        return first - sent, (tokens - 1) / (ended - first) if tokens > 1 and ended > first else 0.0, message
-
-    async def close(self) -> None:
-        await self.ws.close()
+async def timed_ask(client: Client, content: str) -> tuple[float, float, Result]:
+    """Client-side time to first token and decode tokens/s of one answer, and its Result."""
+    sent = time.perf_counter()
+    reply = client.ask(content)
+    first = None
+    async for _ in reply:
+        first = first or time.perf_counter()
+    ended = time.perf_counter()
+    result = await reply
+    tokens = result.usage.get("completion_tokens", 0)
+    first = first or ended
+    return first - sent, (tokens - 1) / (ended - first) if tokens > 1 and ended > first else 0.0, result
 
 
 def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
@@ -110,13 +92,13 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     server = start(model_name, scratch, "single")
     try:
         async def interleaved() -> list[tuple[tuple[float, float], tuple[float, float]]]:
-            client = await Client.open(server.ws_url(), temperature=0, maxOutputTokens=max_tokens)
             pairs = []
-            for run in range(runs + 1):
-                floor = floor_run()
-                ttft, rate, _ = await client.ask(PROMPT, f"r{run}")
-                pairs.append((floor, (ttft, rate)))
-            await client.close()
+            async with Client(server.ws_url()) as client:
+                await client.configure(temperature=0, maxOutputTokens=max_tokens)
+                for _ in range(runs + 1):
+                    floor = floor_run()
+                    ttft, rate, _ = await timed_ask(client, PROMPT)
+                    pairs.append((floor, (ttft, rate)))
             return pairs[1:]
 
         pairs = asyncio.run(interleaved())
@@ -133,13 +115,14 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
 
 async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, float]:
     """Aggregate generated tokens/s and the worst TTFT when `clients` ask at the same moment."""
-    sessions = [await Client.open(url, temperature=0, maxOutputTokens=max_tokens) for _ in range(clients)]
-    started = time.perf_counter()
-    results = await asyncio.gather(*(s.ask(PROMPT, f"c{i}") for i, s in enumerate(sessions)))
-    elapsed = time.perf_counter() - started
-    for session in sessions:
-        await session.close()
-    tokens = sum(message["usage"]["completion_tokens"] for _, _, message in results)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(Client(url)) for _ in range(clients)]
+        for session in sessions:
+            await session.configure(temperature=0, maxOutputTokens=max_tokens)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(timed_ask(session, PROMPT) for session in sessions))
+        elapsed = time.perf_counter() - started
+    tokens = sum(result.usage["completion_tokens"] for _, _, result in results)
     return tokens / elapsed, max(ttft for ttft, _, _ in results)
 
 
@@ -166,25 +149,22 @@ def history(model_name: str, scratch: Path, runs: int) -> None:
     opening = " ".join(f"Sentence {i}: the quick brown fox jumps over the lazy dog." for i in range(90))
     server = start(model_name, scratch, "history")
     try:
-        async def conversation(keep: bool) -> tuple[dict, dict]:
-            client = await Client.open(server.ws_url(), temperature=0, maxOutputTokens=16, history=keep)
-            _, _, first = await client.ask(opening, "t1")
-            if keep:
-                _, _, second = await client.ask("What happened next?", "t2")
-            else:
-                follow_up = f"{opening}\n\nYou said: {first['full_text']}\n\nWhat happened next?"
-                _, _, second = await client.ask(follow_up, "t2")
-            await client.close()
-            return first, second
+        async def conversation(keep: bool) -> tuple[Result, Result]:
+            async with Client(server.ws_url()) as client:
+                await client.configure(temperature=0, maxOutputTokens=16, history=keep)
+                first = await client.ask(opening)
+                if keep:
+                    return first, await client.ask("What happened next?")
+                return first, await client.ask(f"{opening}\n\nYou said: {first.text}\n\nWhat happened next?")
 
         samples = {keep: [asyncio.run(conversation(keep)) for _ in range(runs)] for keep in (True, False)}
     finally:
         server.stop()
     print(f"\n[history] {model_name}, server-side time to first token, median of {runs} conversations")
     for keep, label in ((True, "history on"), (False, "history off")):
-        first = median([s[0]["time_to_first_token"] for s in samples[keep]])
-        second = median([s[1]["time_to_first_token"] for s in samples[keep]])
-        usage = samples[keep][0][1]["usage"]
+        first = median([s[0].time_to_first_token for s in samples[keep]])
+        second = median([s[1].time_to_first_token for s in samples[keep]])
+        usage = samples[keep][0][1].usage
         print(f"  {label:12} turn 1 {1000 * first:7.1f} ms   turn 2 {1000 * second:7.1f} ms "
               f"({usage['prompt_tokens']} prompt tokens, {usage['cached_tokens']} cached)   "
               f"turn 2 / turn 1 = {second / first:.2f}")

@@ -2,10 +2,10 @@
 
     python scripts/example_client.py [--url ws://127.0.0.1:8765] [--image photo.jpg] [--fps 5] [--seconds 3]
 
-Frames are sent as one binary WebSocket message each: a 4-byte big-endian header length, a UTF-8 JSON header
-(the fields of a `video_frame` message without `frame`), then the raw JPEG bytes. Without --image a synthetic
-picture is sent. Answers stream back as `token` messages; frames the server had no time for come back as
-`frame_dropped`.
+It uses mlxd.client, which sends each frame as one binary WebSocket message: a 4-byte big-endian header
+length, a UTF-8 JSON header (the fields of a `video_frame` message without `frame`), then the raw JPEG
+bytes. Without --image a synthetic picture is sent. Answers stream back token by token; frames the server
+had no time for come back dropped.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
+import sys
 from pathlib import Path
 
-import websockets
 from PIL import Image, ImageDraw
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def binary_frame(header: dict, jpeg: bytes) -> bytes:
-    encoded = json.dumps(header).encode()
-    return len(encoded).to_bytes(4, "big") + encoded + jpeg
+from mlxd.client import Client, Response
 
 
 def synthetic_jpeg(index: int) -> bytes:
@@ -34,24 +32,20 @@ def synthetic_jpeg(index: int) -> bytes:
 
 
 async def main(url: str, image: Path | None, fps: float, seconds: float) -> None:
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
-        await ws.send(json.dumps({"type": "config", "temperature": 0, "maxOutputTokens": 60, "max_tokens_image": 30}))
-        await ws.recv()
-        await ws.send(json.dumps({"type": "text_input", "content": "What is the capital of France?", "id": "q"}))
-        frames = int(fps * seconds)
-        for i in range(frames):
+    async with Client(url) as client:
+        await client.configure(temperature=0, maxOutputTokens=60, max_tokens_image=30)
+        reply = client.ask("What is the capital of France?")
+        async for piece in reply:
+            print(piece, end="", flush=True)
+        print(f"\n[{reply.id}: {(await reply).finish_reason}]")
+        frames: list[Response] = []
+        for i in range(int(fps * seconds)):
             jpeg = image.read_bytes() if image else synthetic_jpeg(i)
-            await ws.send(binary_frame({"type": "video_frame", "id": f"f{i}", "prompt": "Describe the scene"}, jpeg))
+            frames.append(client.send_frame(jpeg, prompt="Describe the scene"))
             await asyncio.sleep(1 / fps)
-        pending = {"q", *(f"f{i}" for i in range(frames))}
-        while pending:
-            message = json.loads(await asyncio.wait_for(ws.recv(), 120))
-            if message["type"] == "token":
-                print(message["content"], end="", flush=True)
-            elif message["type"] in ("response_complete", "frame_dropped", "error"):
-                pending.discard(message.get("id"))
-                detail = message.get("finish_reason") or message.get("reason") or message.get("code")
-                print(f"\n[{message['type']} {message.get('id')}: {detail}]")
+        for frame in frames:
+            result = await asyncio.wait_for(frame, 120)
+            print(f"[{result.id}: dropped, {result.dropped}]" if result.dropped else f"[{result.id}] {result.text}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from mlxd.scheduler import WorkQueue
 from mlxd.server.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
 from mlxd.server.connection import Connection
 from mlxd.server.loop_lag import watch_loop_lag
+from mlxd.server.page import page_routes
 from mlxd.session import Session
 from mlxd.settings import Settings
 
@@ -139,6 +140,7 @@ def create_app(server: Server) -> Starlette:
         Route("/healthz", server.healthz),
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),
+        *page_routes(),
     ]
     middleware = [Middleware(LoopbackHostGuard)] if is_loopback(server.settings.host) else []
     return Starlette(routes=routes, middleware=middleware, lifespan=server.lifespan)

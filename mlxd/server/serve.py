@@ -19,8 +19,9 @@ import structlog
 import uvicorn
 
 from mlxd.engine.model_choice import choose_model
+from mlxd.server.access import WILDCARD_HOSTS
 from mlxd.server.app import Server, create_app
-from mlxd.settings import Settings
+from mlxd.settings import DEFAULT_PORT, Settings
 
 log = structlog.get_logger("mlxd.server")
 
@@ -32,11 +33,27 @@ class _GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.mlxd = server
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # a newcomer's first question is where to go: say it once it is true
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(listening_message(self.mlxd.settings, port), flush=True)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for listener in self.servers:
             listener.close()
         await self.mlxd.drain(SHUTDOWN_GRACE_SECONDS)
         await super().shutdown(sockets)
+
+
+def listening_message(settings: Settings, port: int) -> str:
+    """Where the page is and how to ask from a terminal; a wildcard bind is reached on loopback."""
+    host = "127.0.0.1" if settings.host in WILDCARD_HOSTS else settings.host.strip("[]")
+    host = f"[{host}]" if ":" in host else host
+    secure = "s" if settings.tls_cert else ""
+    url = "" if (port, host, secure) == (DEFAULT_PORT, "127.0.0.1", "") else f" --url ws{secure}://{host}:{port}"
+    return (f"mlxd is listening: open http{secure}://{host}:{port}/ in a browser, "
+            f"or run `mlxd ask{url} \"What is the capital of France?\"`")
 
 
 def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:

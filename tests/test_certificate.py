@@ -50,7 +50,7 @@ def test_serve_tls_self_signed_prints_the_trust_line_and_serves_wss(start_server
     trust = strict_trust(cert)
     assert httpx.get(f"https://localhost:{server.port}/readyz", verify=trust, timeout=5).status_code == 200
     for host in ("localhost", "127.0.0.1"):
-        with connect(f"wss://{host}:{server.port}/", ssl=trust, open_timeout=10) as ws:
+        with connect(f"wss://{host}:{server.port}/", ssl=trust, open_timeout=30) as ws:
             send(ws, {"type": "get_status"})
             assert receive(ws)["type"] == "status"
     assert "(made;" in server.log_text()

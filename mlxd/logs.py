@@ -28,6 +28,19 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class ClientFaultsAsWarnings(logging.Filter):
+    """uvicorn logs a text frame of invalid UTF-8 as an error with a traceback, though it answers it as it
+    should (close 1007): that is the client's fault, one a hostile client can repeat at will, so a warning."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and record.msg in self.MESSAGES:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     json_lines = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
@@ -47,6 +60,7 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactTokens())
+    handler.addFilter(ClientFaultsAsWarnings())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -6,6 +6,8 @@ metric objects are thread-safe, so the engine thread records directly; every upd
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlx.core as mx
 from prometheus_client import (
     CollectorRegistry,
@@ -16,7 +18,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -34,6 +36,25 @@ class _MlxMemoryCollector(Collector):
                                 value=mx.get_active_memory())
         yield GaugeMetricFamily("mlxd_mlx_peak_memory_bytes", "Peak memory held by MLX arrays",
                                 value=mx.get_peak_memory())
+
+
+CACHE_COUNTERS = {"hits": "lookups answered from the cache", "misses": "lookups the cache could not answer",
+                  "tokens_saved": "prompt tokens not prefilled because the cache held them"}
+CACHE_GAUGES = {"bytes": "bytes the cache holds", "entries": "entries the cache holds"}
+
+
+class _CacheCollector(Collector):
+    """A cache's own counts (`stats()`: hits, misses, and what else it keeps), read at scrape time."""
+
+    def __init__(self, name: str, what: str, stats: Callable[[], dict[str, int]]) -> None:
+        self.name, self.what, self.stats = name, what, stats
+
+    def collect(self):
+        for key, value in self.stats().items():
+            if key in CACHE_COUNTERS:
+                yield CounterMetricFamily(f"mlxd_{self.name}_{key}", f"{self.what}: {CACHE_COUNTERS[key]}", value=value)
+            else:
+                yield GaugeMetricFamily(f"mlxd_{self.name}_{key}", f"{self.what}: {CACHE_GAUGES[key]}", value=value)
 
 
 class Metrics:
@@ -78,12 +99,23 @@ class Metrics:
         self.model_loaded = Gauge("mlxd_model_loaded", "1 once the model is loaded", registry=registry)
         self.model_load_seconds = Gauge("mlxd_model_load_seconds", "Time the model took to load",
                                         registry=registry)
+        self.upstream_requests = Counter("mlxd_upstream_requests", "Requests sent to the upstream server, by "
+                                         "outcome (finish reason, cancelled or error)", ["outcome"], registry=registry)
+        self.upstream_errors = Counter("mlxd_upstream_errors", "Upstream requests that failed (unreachable, timeout, "
+                                       "http_<status>, stream_cut)", ["reason"], registry=registry)
+        self.upstream_first_byte = Histogram("mlxd_upstream_first_byte_seconds", "From sending an upstream request "
+                                             "to its first streamed delta", buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_in_flight = Gauge("mlxd_upstream_in_flight", "Upstream requests in flight", registry=registry)
         for kind in ("request", "frame"):
             self.queue_depth.labels(kind=kind)
 
     def set_queue_depths(self, requests: int, frames: int) -> None:
         self.queue_depth.labels(kind="request").set(requests)
         self.queue_depth.labels(kind="frame").set(frames)
+
+    def watch_cache(self, name: str, what: str, stats: Callable[[], dict[str, int]]) -> None:
+        """Expose a cache's `stats()` as mlxd_<name>_<stat> (counters for hits, misses, tokens saved)."""
+        self.registry.register(_CacheCollector(name, what, stats))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,11 +5,13 @@ slot for a frame, where a newer frame replaces the waiting one (latest frame win
 work from the lane served least recently (round-robin, with a newcomer first in line), so a session
 streaming frames cannot starve another session's question. Within a lane, work runs in arrival order and
 one job at a time: a lane is busy from `take` until `done`, so a conversation's turns never overlap while
-different sessions share the engine's batch.
+different sessions share the engine's batch. A thread takes work with `take`; an event loop with `take_async`,
+which is woken through the loop instead of blocking it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -50,6 +52,18 @@ class Job:
     finished: bool = False
     sequence: int = 0
 
+    @property
+    def prompt_instructions(self) -> str | None:
+        """The system turn: the job's own instructions, else its conversation's."""
+        if self.instructions is not None or self.dialogue is None:
+            return self.instructions
+        return self.dialogue.instructions
+
+    def record_answer(self, text: str, finish_reason: str, generation: int | None) -> None:
+        """A conversation keeps the answer of a job that started, or what was generated of it before a cut."""
+        if self.dialogue is not None and generation is not None and (text or finish_reason in ("stop", "length")):
+            self.dialogue.record_answer(text, self.answer_id, generation)
+
 
 class QueueFull(Exception):
     pass
@@ -83,6 +97,13 @@ class WorkQueue:
         self._lanes: dict[str, _Lane] = {}
         self._sequence = itertools.count()
         self._closed = False
+        self._async_waiters: set[Callable[[], None]] = set()
+
+    def _notify(self) -> None:
+        """Work may be ready (or the queue closed): wake a waiting thread and every waiting event loop."""
+        self._ready.notify()
+        for wake in self._async_waiters:
+            wake()
 
     def put_request(self, job: Job) -> None:
         """Queue a text or image request; raises QueueFull past the session's bound."""
@@ -92,7 +113,7 @@ class WorkQueue:
                 raise QueueFull(f"{len(lane.requests)} requests are already waiting in this session")
             job.sequence = next(self._sequence)
             lane.requests.append(job)
-            self._ready.notify()
+            self._notify()
 
     def put_frame(self, job: Job) -> Job | None:
         """Make this the session's waiting frame; returns the frame it superseded, if any."""
@@ -100,7 +121,7 @@ class WorkQueue:
             lane = self._lanes.setdefault(job.session_id, _Lane())
             superseded, lane.frame = lane.frame, job
             job.sequence = next(self._sequence)
-            self._ready.notify()
+            self._notify()
             return superseded
 
     def take(self, timeout: float | None = None) -> Job | None:
@@ -119,13 +140,34 @@ class WorkQueue:
             job.started = True
             return job
 
+    async def take_async(self) -> Job | None:
+        """`take` for a consumer on an event loop: awaits the next job without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def wake_up() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        with self._ready:
+            self._async_waiters.add(wake_up)
+        try:
+            while True:
+                wake.clear()
+                job = self.take(timeout=0)
+                if job is not None or self._closed:
+                    return job
+                await wake.wait()
+        finally:
+            with self._ready:
+                self._async_waiters.discard(wake_up)
+
     def done(self, job: Job) -> None:
         """The job has ended: its session may run the next one."""
         with self._ready:
             lane = self._lanes.get(job.session_id)
             if lane is not None:
                 lane.busy = False
-                self._ready.notify()
+                self._notify()
 
     def remove(self, session_id: str, job: Job | None = None) -> list[Job]:
         """Take back a session's waiting work (one job, or all of it) before the engine starts it."""
@@ -165,4 +207,5 @@ class WorkQueue:
                        [*lane.requests, *([lane.frame] if lane.frame is not None else [])]]
             self._lanes.clear()
             self._ready.notify_all()
+            self._notify()
             return waiting

@@ -31,6 +31,9 @@ class Settings:
     max_pending: int = 16
     batch_size: int = 8
     context_tokens: int = 4096
+    prefix_cache_bytes: int = 256 * 1024 * 1024
+    prefix_cache_entries: int = 32
+    vision_cache_size: int = 32
     allow_origins: tuple[str, ...] = ()
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
@@ -46,6 +49,15 @@ class Settings:
     idle_timeout: float = 600.0
     send_timeout: float = 30.0
     max_backlog: int = 10_000
+    engine: str = "local"
+    upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_modalities: str = "text"
+    upstream_token_file: str | None = None
+    upstream_concurrency: int = 16
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 60.0
+    upstream_health_interval: float = 2.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -57,6 +69,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
     return value
 
 
@@ -109,8 +128,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-tokens", type=positive_int, default=d.context_tokens,
                         help="token budget of a conversation with history on; older turns are dropped "
                              "past it (default: %(default)s)")
+    parser.add_argument("--prefix-cache-bytes", type=non_negative_int, default=d.prefix_cache_bytes,
+                        help="bytes of KV cache kept for prompt prefixes shared across sessions (system prompts, "
+                        "chat-template preambles, frame prompts); 0 turns it off (default: %(default)s)")
+    parser.add_argument("--prefix-cache-entries", type=positive_int, default=d.prefix_cache_entries,
+                        help="prompt prefixes kept at most in that cache (default: %(default)s)")
+    parser.add_argument("--vision-cache-size", type=non_negative_int, default=d.vision_cache_size,
+                        help="images whose vision features are kept, by pixel content, so that an image sent "
+                        "again skips the vision tower; 0 turns it off (default: %(default)s)")
     _add_access_arguments(parser, d)
     _add_connection_arguments(parser, d)
+    _add_upstream_arguments(parser, d)
 
 
 def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
@@ -150,4 +178,28 @@ def _add_connection_arguments(parser: argparse.ArgumentParser, d: Settings) -> N
                         help="disconnect a client that has not read for this many seconds (default: %(default)s)")
     parser.add_argument("--max-backlog", type=positive_int, default=d.max_backlog,
                         help="events waiting to be sent to one client; past it the client is disconnected "
+                        "(default: %(default)s)")
+
+
+def _add_upstream_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--engine", default=d.engine, choices=["local", "openai"],
+                        help="local: run the model in this process; openai: send every job to an "
+                        "OpenAI-compatible chat-completions server, --upstream (default: %(default)s)")
+    parser.add_argument("--upstream", default=d.upstream, metavar="URL",
+                        help="base URL of the upstream server with --engine openai, e.g. http://127.0.0.1:8080/v1")
+    parser.add_argument("--upstream-model", default=d.upstream_model, metavar="NAME",
+                        help="model named in every upstream request (default: the first id of its /v1/models)")
+    parser.add_argument("--upstream-modalities", default=d.upstream_modalities, choices=["text", "text,image"],
+                        help="what the upstream model takes; images and frames go "
+                        "only to one that takes images (default: text)")
+    parser.add_argument("--upstream-token-file", default=d.upstream_token_file, metavar="PATH",
+                        help="file (mode 0600) with the token sent upstream as Authorization: Bearer")
+    parser.add_argument("--upstream-concurrency", type=positive_int, default=d.upstream_concurrency,
+                        help="jobs in flight upstream at most (default: %(default)s)")
+    parser.add_argument("--upstream-connect-timeout", type=positive_float, default=d.upstream_connect_timeout,
+                        help="seconds to connect to the upstream (default: %(default)s)")
+    parser.add_argument("--upstream-read-timeout", type=positive_float, default=d.upstream_read_timeout,
+                        help="seconds the upstream may stay silent within a response (default: %(default)s)")
+    parser.add_argument("--upstream-health-interval", type=positive_float, default=d.upstream_health_interval,
+                        help="seconds between probes of the upstream's /models, which /readyz follows "
                         "(default: %(default)s)")

@@ -11,11 +11,18 @@ Sections (all by default, or pick with --only):
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
   gemini    Gemini Live through Google's python SDK against mlxd's own protocol, both over wss (TTFT p50/p95,
             tokens/s), and the age of the frame an answer used at 30 fps with a question every second
+  peers     mlxd against mlx_lm.server (text) and mlx_vlm.server (vision) on the same model folder and BLAS,
+            interleaved rounds, and against itself with the prefix cache off (scripts/peers.py says how)
+  openai    (--engine openai) 1, 4 and 8 sessions three ways: mlx_lm.server alone (streamed by an HTTP client
+            here: the floor), mlxd --engine openai in front of it, and mlxd local; runs interleaved. Median TTFT
+            and what mlxd adds over the upstream alone, aggregate tokens/s and its ratio to the upstream alone
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
     python scripts/bench.py                       # tiny random-weight models built on the fly
-    python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single`
+    python scripts/bench.py --model smollm2-135m  # the embedded chat model for `single` and `peers`
+    python scripts/bench.py --only peers --model smollm2-135m
+    python scripts/bench.py --engine openai       # mlxd in front of mlx_lm.server, against it alone
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,11 +49,15 @@ from mlxd.engine.blas import use_fast_blas
 BLAS = use_fast_blas()  # the same BLAS as `mlxd serve`, so that the floor is a fair one
 
 from mlxd.client import Client, Result
+from mlxd.engine.chat_request import request_body
+from mlxd.generation import GenerationConfig
 from tests.helpers import ServerProcess, encoded_image
 from tests.tiny_models import build_text_model, build_vision_model
+from tests.upstreams import mlx_lm_server
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames", "gemini")
+SECTIONS = ("single", "batching", "history", "frames", "peers", "gemini")
+UPSTREAM_SESSIONS = (1, 4, 8)
 
 
 def median(values: list[float]) -> float:
@@ -65,7 +78,7 @@ async def timed_ask(client: Client, content: str) -> tuple[float, float, Result]
     return first - sent, (tokens - 1) / (ended - first) if tokens > 1 and ended > first else 0.0, result
 
 
-def start(model: str, scratch: Path, name: str, *args: str) -> ServerProcess:
+def start(model: str | None, scratch: Path, name: str, *args: str) -> ServerProcess:
     server = ServerProcess(model, "--log-level", "warning", *args, log_path=scratch / f"{name}.log")
     server.wait_state("ready", timeout=600)
     return server
@@ -113,8 +126,9 @@ def single(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
     print(f"{'ratio':8}{ttft / floor_ttft:>10.2f}{rate / floor_rate:>10.2f}   (mlxd / floor)")
 
 
-async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, float]:
-    """Aggregate generated tokens/s and the worst TTFT when `clients` ask at the same moment."""
+async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, list[tuple[float, Result]]]:
+    """Aggregate generated tokens/s, and each client-side TTFT with its Result, when `clients` ask at the same
+    moment."""
     async with contextlib.AsyncExitStack() as stack:
         sessions = [await stack.enter_async_context(Client(url)) for _ in range(clients)]
         for session in sessions:
@@ -123,7 +137,7 @@ async def concurrent(url: str, clients: int, max_tokens: int) -> tuple[float, fl
         results = await asyncio.gather(*(timed_ask(session, PROMPT) for session in sessions))
         elapsed = time.perf_counter() - started
     tokens = sum(result.usage["completion_tokens"] for _, _, result in results)
-    return tokens / elapsed, max(ttft for ttft, _, _ in results)
+    return tokens / elapsed, [(ttft, result) for ttft, _, result in results]
 
 
 def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None:
@@ -135,7 +149,7 @@ def batching(model_name: str, scratch: Path, max_tokens: int, runs: int) -> None
         try:
             for clients in ((8,) if label == "sequential" else (1, 2, 4, 8)):
                 samples = [asyncio.run(concurrent(server.ws_url(), clients, max_tokens)) for _ in range(runs)]
-                rate, worst = median([s[0] for s in samples]), median([s[1] for s in samples])
+                rate, worst = median([s[0] for s in samples]), median([max(ttft for ttft, _ in s[1]) for s in samples])
                 figures[label, clients] = rate, worst
                 print(f"{clients:>8}{label:>16}{rate:>12.0f}{1000 * worst:>15.1f}")
         finally:
@@ -243,6 +257,74 @@ def frames(model_name: str, scratch: Path, fps: float, seconds: float, tokens: i
               f"(decode + 1-token answer, {count} frames)")
 
 
+async def ask_upstream(client: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> tuple[float, int]:
+    """One streamed answer straight from the upstream: (TTFT, completion tokens)."""
+    body = request_body(model, [{"role": "user", "content": PROMPT}], GenerationConfig(temperature=0), max_tokens)
+    sent = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line[5:])
+            if first is None and any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()):
+                first = time.perf_counter()
+            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+    return (first or time.perf_counter()) - sent, tokens
+
+
+async def upstream_round(url: str, model: str, sessions: int, max_tokens: int) -> tuple[float, float, float]:
+    """(median TTFT, aggregate tokens/s, 0) of `sessions` direct streams started together."""
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(ask_upstream(client, url, model, max_tokens) for _ in range(sessions)))
+        elapsed = time.perf_counter() - started
+    return median([ttft for ttft, _ in results]), sum(tokens for _, tokens in results) / elapsed, 0.0
+
+
+async def mlxd_round(ws_url: str, sessions: int, max_tokens: int) -> tuple[float, float, float]:
+    """The same through mlxd, and mlxd's own share of the TTFT: the client's TTFT less the server's own
+    (from the engine starting the job to its first token: for the openai engine, the upstream's first byte)."""
+    rate, results = await concurrent(ws_url, sessions, max_tokens)
+    return (median([ttft for ttft, _ in results]), rate,
+            median([ttft - (result.time_to_first_token or 0.0) for ttft, result in results]))
+
+
+def upstream_comparison(model: str, scratch: Path, max_tokens: int, runs: int) -> None:
+    upstream = mlx_lm_server(Path(model), scratch / "upstream")
+    front = local = None
+    try:
+        upstream.wait_healthy()
+        front = start(None, scratch, "front", "--engine", "openai", "--upstream", upstream.url,
+                      "--upstream-model", str(Path(model).resolve()))
+        local = start(model, scratch, "local")
+        figures: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for sessions in UPSTREAM_SESSIONS:
+            for _ in range(runs + 1):  # the first of each is a warm-up, left out
+                for label, round_ in (
+                        ("upstream", upstream_round(upstream.url, str(Path(model).resolve()), sessions, max_tokens)),
+                        ("front", mlxd_round(front.ws_url(), sessions, max_tokens)),
+                        ("local", mlxd_round(local.ws_url(), sessions, max_tokens))):
+                    figures.setdefault((label, sessions), []).append(asyncio.run(round_))
+    finally:
+        for server in (front, local):
+            if server is not None:
+                server.stop()
+        upstream.stop()
+    print(f"\n[openai] tiny llama, {max_tokens} tokens per session, greedy, median of {runs} interleaved runs;"
+          " added TTFT and the tok/s ratio are medians of the per-run differences and ratios")
+    print(f"{'sessions':>8}{'path':>10}{'TTFT ms':>10}{'agg tok/s':>11}{'own ms':>8}   vs upstream alone "
+          "(own: the TTFT less the server's own time to first token)")
+    for sessions in UPSTREAM_SESSIONS:
+        floor = figures["upstream", sessions][1:]
+        for label in ("upstream", "front", "local"):
+            measured = figures[label, sessions][1:]
+            ttft, rate, own = (median([run[i] for run in measured]) for i in range(3))
+            added = median([run[0] - base[0] for run, base in zip(measured, floor, strict=True)])
+            ratio = median([run[1] / base[1] for run, base in zip(measured, floor, strict=True)])
+            versus = "" if label == "upstream" else f"TTFT {1000 * added:+.2f} ms, tok/s x{ratio:.3f}"
+            print(f"{sessions:>8}{label:>10}{1000 * ttft:>10.2f}{rate:>11.0f}{1000 * own:>8.2f}   {versus}")
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="text model for `single` (default: a tiny random-weight llama)")
@@ -255,12 +337,21 @@ def main() -> None:
     parser.add_argument("--frame-tokens", type=int, default=16)
     parser.add_argument("--wire-frames", type=int, default=100)
     parser.add_argument("--gemini-runs", type=int, default=20, help="runs of each protocol in `gemini`")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="counted rounds of `peers` (after one warm-up)")
+    parser.add_argument("--peer-tokens", type=int, nargs="+", default=[64, 256], help="tokens per answer in `peers`")
+    parser.add_argument("--peer-fps", type=float, default=2.0, help="frames per second per client in `peers`")
+    parser.add_argument("--engine", choices=["local", "openai"], default="local",
+                        help="openai: only the `openai` section (mlxd in front of mlx_lm.server)")
     args = parser.parse_args()
     sections = args.only or SECTIONS
     print(f"BLAS: {BLAS or 'mlx default'}")
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         tiny_text = str(build_text_model(scratch / "tiny-llama"))
+        if args.engine == "openai":
+            upstream_comparison(tiny_text, scratch, args.max_tokens, args.runs)
+            return
+        vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
         if "single" in sections:
             single(args.model or tiny_text, scratch, args.max_tokens, args.runs)
         if "batching" in sections:
@@ -268,12 +359,17 @@ def main() -> None:
         if "history" in sections:
             history(tiny_text, scratch, args.runs)
         if "frames" in sections:
-            vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
             frames(vision, scratch, args.fps, args.seconds, args.frame_tokens, args.wire_frames)
-        if "gemini" in sections:
-            from bench_gemini import gemini
+        if "peers" in sections:
+            from scripts.peers import text_peers, vision_peers
 
-            vision = args.vision_model or str(build_vision_model(scratch / "tiny-gemma3"))
+            print(f"load before `peers`: {os.getloadavg()}")
+            text_peers(args.model or tiny_text, scratch, BLAS, args.peer_rounds, tuple(args.peer_tokens))
+            vision_peers(vision, scratch, BLAS, args.peer_rounds, args.peer_tokens[0], args.peer_fps, args.seconds)
+            print(f"load after `peers`: {os.getloadavg()}")
+        if "gemini" in sections:
+            from scripts.bench_gemini import gemini
+
             gemini(args.model or tiny_text, vision, scratch, args.max_tokens, args.gemini_runs, args.fps,
                    args.seconds, args.frame_tokens)
 

@@ -30,8 +30,9 @@ def start_server(tmp_path: Path) -> Iterator:
     """Start a server with extra options; every server started is stopped at the end of the test."""
     servers: list[ServerProcess] = []
 
-    def start(model: Path | str | None, *args: str, wait: str | None = "ready", env: dict[str, str] | None = None):
-        server = ServerProcess(model, *args, log_path=tmp_path / f"server{len(servers)}.log", env=env)
+    def start(model: Path | str | None, *args: str, wait: str | None = "ready", env: dict[str, str] | None = None,
+              **options):
+        server = ServerProcess(model, *args, log_path=tmp_path / f"server{len(servers)}.log", env=env, **options)
         servers.append(server)
         if wait:
             server.wait_state(wait)

@@ -36,12 +36,14 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m mlxd serve` in a child process, exactly as a user or launchd would start it."""
 
-    def __init__(self, model: Path | str | None, *args: str, log_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
+    def __init__(self, model: Path | str | None, *args: str, log_path: Path, env: dict[str, str] | None = None,
+                 port: int | None = None, prefix: tuple[str, ...] = ()):
+        """`prefix` runs the server through another command (which must exec it, keeping its pid)."""
+        self.port = port or free_port()
         self.log_path = log_path
         self._log = log_path.open("wb")
         model_args = [] if model is None else ["--model", str(model)]
-        command = [sys.executable, "-m", "mlxd", "serve", *model_args, "--port", str(self.port),
+        command = [*prefix, sys.executable, "-m", "mlxd", "serve", *model_args, "--port", str(self.port),
                    "--log-format", "json", *args]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **(env or {})})
@@ -98,15 +100,27 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        terminate(self.process)
         self._log.close()
         return self.process.returncode
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from `ps` (the same on Linux and macOS); 0 once it has gone."""
+    result = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=10,
+                            check=False)
+    return 1024 * int(result.stdout.strip() or 0)
+
+
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM, as a service manager stops a server; SIGKILL if it is not gone within 15 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
 
 
 class RawClient:

@@ -53,7 +53,7 @@ def test_history_is_off_by_default_and_reset_clears_it(text_server):
         assert (reset["type"], reset["id"]) == ("conversation_reset", "r")
         fresh = ask(ws, "Hello", "e")
     assert fresh["usage"]["prompt_tokens"] == one_shot["usage"]["prompt_tokens"]
-    assert fresh["usage"]["cached_tokens"] == 0
+    assert fresh["full_text"] == one_shot["full_text"], "the shared prefix cache may serve it, exactly"
 
 
 def test_the_conversation_stays_within_its_token_budget(start_server, tiny_text_model):

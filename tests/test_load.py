@@ -1,4 +1,5 @@
-"""A short run of scripts/load.py: frame streams and questions at once, nothing lost, memory and loop lag bounded."""
+"""A short run of scripts/load.py: frame streams, questions, a churning client and a slow reader at once;
+nothing lost, memory, loop lag and file descriptors bounded."""
 
 from __future__ import annotations
 
@@ -20,3 +21,5 @@ def test_frames_and_questions_under_load_are_all_accounted_for(tiny_vision_model
         summary["frames_dropped"].values()) == summary["frames_sent"]
     assert summary["questions_asked"] == summary["questions_answered"] > 0
     assert summary["loop_lag_samples"] > 0
+    assert summary["connects"] > 0 and summary["slow_answers"] > 0
+    assert summary["fds_after"] == summary["fds_baseline"]

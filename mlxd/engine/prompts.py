@@ -94,5 +94,5 @@ def within_budget(messages: Sequence[Message], count: Callable[[list[Message]], 
 
 
 def images_of(messages: Sequence[Message]) -> list[str | bytes]:
-    """Every image of a prompt, in order."""
-    return [image for message in messages for image in message.images]
+    """Every image of a prompt, in order: those the chat messages carry (system turns carry text only)."""
+    return [image for message in messages if message.role != "system" for image in message.images]

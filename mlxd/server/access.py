@@ -65,6 +65,18 @@ def resolve_token(settings: Settings, environ: Mapping[str, str] = os.environ) -
     return token
 
 
+def resolve_upstream_token(settings: Settings) -> str | None:
+    """The token sent upstream with --engine openai (never mlxd's own: that one guards mlxd, not the upstream)."""
+    if settings.engine != "openai":
+        return None
+    if not settings.upstream or not settings.upstream.startswith(("http://", "https://")):
+        raise StartupError("--engine openai needs --upstream URL, the base of an OpenAI-compatible server such as "
+                           f"http://127.0.0.1:8080/v1 (got {settings.upstream!r})")
+    if settings.upstream_token_file is None:
+        return None
+    return read_token_file(Path(settings.upstream_token_file))
+
+
 def read_token_file(path: Path) -> str:
     """The token in `path`, refused unless only its owner can read it: a token others can read protects nothing."""
     try:

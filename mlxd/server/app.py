@@ -22,8 +22,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
-from mlxd.engine.local import READY, Engine
-from mlxd.engine.model_choice import ModelChoice
+from mlxd.engine import create_engine
+from mlxd.engine.base import READY
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.protocols.base import Wire
@@ -46,12 +46,12 @@ TRY_AGAIN_LATER = 1013
 class Server:
     """Everything one running server shares: settings, engine, queue, metrics and open connections."""
 
-    def __init__(self, settings: Settings, choice: ModelChoice, token: str | None = None) -> None:
+    def __init__(self, settings: Settings, token: str | None = None, upstream_token: str | None = None) -> None:
         self.settings = settings
         self.access = Access(settings, token)
         self.metrics = Metrics()
         self.queue = WorkQueue(settings.max_pending)
-        self.engine = Engine(choice, settings, self.metrics, self.queue)
+        self.engine = create_engine(settings, self.metrics, self.queue, upstream_token)
         self.connections: set[Connection] = set()
         self.started = time.monotonic()
 

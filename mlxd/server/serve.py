@@ -7,6 +7,7 @@ messages out, and closes each socket with 1001 (going away); then uvicorn finish
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -18,7 +19,6 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from mlxd.engine.model_choice import choose_model
 from mlxd.server.access import WILDCARD_HOSTS
 from mlxd.server.app import Server, create_app
 from mlxd.settings import DEFAULT_PORT, Settings
@@ -62,9 +62,30 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings, token: str | None = None, blas: Path | None = None) -> int:
-    choice = choose_model(settings.model)
-    server = Server(settings, choice, token)
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the port before anything else: a second `mlxd serve` on it then exits at once and says why,
+    instead of loading its model first and leaving only uvicorn's bind error in the log."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (": another mlxd, or another server, is listening there; stop it or choose another --port"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
+def serve(settings: Settings, token: str | None = None, blas: Path | None = None,
+          upstream_token: str | None = None) -> int:
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"mlxd serve: {exc.strerror}", file=sys.stderr)
+        return 2
+    server = Server(settings, token, upstream_token)
+    engine = server.engine.status()
     config = uvicorn.Config(
         create_app(server),
         host=settings.host,
@@ -81,13 +102,14 @@ def serve(settings: Settings, token: str | None = None, blas: Path | None = None
         lifespan="on",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS + 3,
     )
-    log.info("starting", host=settings.host, port=settings.port, model=choice.name, model_reason=choice.reason,
+    log.info("starting", host=settings.host, port=settings.port, engine=settings.engine, model=engine["model"],
+             model_reason=engine["model_reason"],
              tls=settings.tls_cert is not None, token=token is not None, blas=str(blas) if blas else "mlx default")
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped_by_signal)
     code = 0
     try:
-        _GracefulServer(config, server).run()
+        _GracefulServer(config, server).run(sockets=[listener])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if server.engine.busy:

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Protocol
 
 import mlxd
-from mlxd.server.access import StartupError, check_exposure, check_tls, create_token_file, is_loopback, resolve_token
+from mlxd.server.access import (
+    StartupError,
+    check_exposure,
+    check_tls,
+    create_token_file,
+    is_loopback,
+    resolve_token,
+    resolve_upstream_token,
+)
 from mlxd.service.base import Context, Runner, ServiceError, ServiceSpec, dry_runner, run
 from mlxd.service.launchd import Launchd
 from mlxd.service.systemd import Systemd
@@ -47,7 +55,7 @@ PLATFORMS = ("launchd", "systemd")
 PASSTHROUGH_ENV = ("HF_HOME", "XDG_CACHE_HOME", "MLXD_MODEL", "MLXD_CACHE_DIR", "HF_HUB_OFFLINE")
 PATH_LIKE_ENV = frozenset({"HF_HOME", "XDG_CACHE_HOME", "MLXD_CACHE_DIR"})
 FALLBACK_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-PATH_OPTIONS = frozenset({"token_file", "tls_cert", "tls_key"})
+PATH_OPTIONS = frozenset({"token_file", "tls_cert", "tls_key", "upstream_token_file"})
 TOKEN_FILE = Path(".config") / "mlxd" / "token"
 HEALTH_TIMEOUT_S = 2.0
 
@@ -238,6 +246,7 @@ def _check_startup(args: argparse.Namespace, dry_run: bool) -> None:
             resolve_token(settings, environ={})
         check_exposure(settings, settings.token is not None or settings.token_file is not None)
         check_tls(settings)
+        resolve_upstream_token(settings)
     except StartupError as exc:
         raise ServiceError(str(exc)) from None
 
@@ -299,9 +308,17 @@ def probe_health(host: str, port: int, timeout: float = HEALTH_TIMEOUT_S, tls: b
 
 
 def status(backend: Backend) -> int:
-    """Print the service manager's view, then the server's own: exit 0 only if /healthz answers 200."""
+    """Print the service manager's view, then the server's own: exit 0 only if /healthz answers 200.
+
+    With no service definition there is no port of ours to probe: whatever answers on the default port
+    would be some other server, so it is not asked.
+    """
     backend.status()
-    argv = backend.installed_argv() or []
+    argv = backend.installed_argv()
+    if argv is None:
+        if backend.definition_path.exists():
+            print(f"health: not probed, no command line could be read from {backend.definition_path}")
+        return 1
     host = _option(argv, "--host") or Settings().host
     try:
         port = int(_option(argv, "--port") or Settings().port)

@@ -6,7 +6,9 @@ Lifecycle:
   start/stop/restart = the systemctl verbs of the same name; `Restart=on-failure` restarts after a crash
              but never after `stop`, and systemd counts an exit by SIGTERM as clean.
   uninstall= `disable --now`, delete the unit, `daemon-reload`, `reset-failed`.
-  logs     = `journalctl --user -u mlxd.service`.
+  logs     = `journalctl --user-unit mlxd.service`: journald files the lines of a system uid's (root's) user
+             units in the system journal, where `journalctl --user` does not look; --user-unit finds them
+             there and, for other users, in their own user journal.
 A user service stops at logout unless lingering is on (`loginctl enable-linger`); install says so.
 """
 
@@ -21,6 +23,7 @@ from string import Template
 from mlxd.service.base import Context, ServiceError, ServiceSpec, check_text, read_template
 
 UNIT = "mlxd.service"
+LOGS_COMMAND = ("journalctl", "--user-unit", UNIT, "--quiet", "--no-pager")
 TEMPLATE = "systemd.service"
 RESTART_SEC = 5
 TIMEOUT_STOP_SEC = 15  # SIGTERM -> SIGKILL grace on stop; same as launchd's ExitTimeOut
@@ -117,7 +120,7 @@ class Systemd:
             print(f"no unit file at {self.definition_path}")
         self.ctx.run(self._systemctl("daemon-reload"))
         self.ctx.run(self._systemctl("reset-failed", UNIT))  # forget a failed state; fails if there is none
-        print("logs stay in the journal: journalctl --user -u mlxd.service")
+        print(f"logs stay in the journal: {shlex.join(LOGS_COMMAND[:3])}")
         return 0
 
     def start(self) -> int:
@@ -125,7 +128,12 @@ class Systemd:
         return 0 if self.ctx.check(self._systemctl("start", UNIT)) else 1
 
     def stop(self) -> int:
-        return 0 if self.ctx.check(self._systemctl("stop", UNIT)) else 1
+        if self.definition_path.exists():
+            return 0 if self.ctx.check(self._systemctl("stop", UNIT)) else 1
+        self.ctx.run(self._systemctl("stop", UNIT))  # a unit whose file was deleted by hand may still run
+        print(f"mlxd is not installed as a systemd user service ({self.definition_path} is missing): "
+              "nothing to stop")
+        return 0
 
     def restart(self) -> int:
         self._require_installed()
@@ -139,7 +147,7 @@ class Systemd:
         print((result.stdout or result.stderr).rstrip() or f"systemd user service {UNIT}: state unknown")
 
     def logs(self, follow: bool, lines: int) -> int:
-        argv = ["journalctl", "--user", "-u", UNIT, "-n", str(lines), "--no-pager"]
+        argv = [*LOGS_COMMAND, "-n", str(lines)]
         argv += ["-f"] if follow else []
         return self.ctx.run(argv, capture=False, timeout=None if follow else 60.0).returncode
 

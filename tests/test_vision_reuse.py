@@ -1,0 +1,61 @@
+"""The vision model reuses what it saw: the same pixels skip the vision tower, and answer as before."""
+
+from __future__ import annotations
+
+import base64
+
+from tests.helpers import encoded_image, receive, run_concurrently, run_request, scrape, send, value
+
+
+def frame(color: tuple[int, int, int]) -> str:
+    return "data:image/png;base64," + base64.b64encode(encoded_image(640, 480, "PNG", color)).decode()
+
+
+def answer(server, image: str, prompt: str = "What is on the screen?", kind: str = "image_input",
+           ready=None) -> dict:
+    field = "image" if kind == "image_input" else "frame"
+    with server.connect() as ws:
+        send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})
+        receive(ws)
+        if ready is not None:
+            ready.wait(timeout=30)
+        done = run_request(ws, {"type": kind, field: image, "prompt": prompt, "id": "i"})[-1]
+    assert done["type"] == "response_complete", done
+    return done
+
+
+def test_the_same_image_again_reuses_its_features_and_answers_as_the_cold_run(start_server, tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    red, blue = frame((200, 40, 40)), frame((40, 40, 200))
+    cold_red, cold_blue = answer(server, red), answer(server, blue)
+    before = scrape(server)
+    assert answer(server, red)["full_text"] == cold_red["full_text"]
+    assert answer(server, red, kind="video_frame")["full_text"] == answer(server, red)["full_text"]
+    after = scrape(server)
+    assert value(after, "mlxd_vision_cache_hits_total") >= value(before, "mlxd_vision_cache_hits_total") + 2
+    assert value(after, "mlxd_vision_cache_misses_total") == value(before, "mlxd_vision_cache_misses_total")
+    assert answer(server, red, "Describe it in other words.")["type"] == "response_complete"
+    assert value(scrape(server), "mlxd_vision_cache_hits_total") > value(after, "mlxd_vision_cache_hits_total"), \
+        "a new prompt on a known image still skips the vision tower"
+    green = answer(server, frame((40, 200, 40)))
+    assert value(scrape(server), "mlxd_vision_cache_misses_total") > value(after, "mlxd_vision_cache_misses_total")
+    assert cold_blue["full_text"] == answer(server, blue)["full_text"] and green["type"] == "response_complete"
+
+
+def test_a_cache_switched_off_answers_the_same(start_server, tiny_vision_model):
+    cached, uncached = start_server(tiny_vision_model), start_server(tiny_vision_model, "--vision-cache-size", "0")
+    red = frame((200, 40, 40))
+    for _ in range(2):
+        assert answer(cached, red)["full_text"] == answer(uncached, red)["full_text"]
+    assert value(scrape(uncached), "mlxd_vision_cache_hits_total") == 0
+    assert value(scrape(cached), "mlxd_vision_cache_hits_total") >= 1
+
+
+def test_sessions_sending_the_same_frame_at_once_share_its_features_and_answer_alike(start_server,
+                                                                                     tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    red = frame((200, 40, 40))
+    cold = answer(server, red, kind="video_frame")["full_text"]
+    together = run_concurrently(lambda i, ready: answer(server, red, kind="video_frame", ready=ready), 4)
+    assert [done["full_text"] for done in together] == [cold] * 4
+    assert value(scrape(server), "mlxd_vision_cache_hits_total") >= 4

@@ -100,7 +100,7 @@ def gemini(model_name: str, vision_model: str, scratch: Path, max_tokens: int, r
            seconds: float, frame_tokens: int) -> None:
     with serving_tls(model_name, scratch / "gemini-text", "--log-level", "warning", timeout=600) as (server, cert):
         trust, sdk = ssl.create_default_context(cafile=str(cert)), client(server, cert)
-        url = f"wss://localhost:{server.port}/"
+        url = f"wss://127.0.0.1:{server.port}/"
 
         async def interleaved() -> list[tuple[tuple[float, float], tuple[float, float]]]:
             pairs = []

@@ -36,7 +36,7 @@ def wait_ready_over_tls(server: ServerProcess, cert: Path, timeout: float = 60) 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if cert.exists() and httpx.get(f"https://localhost:{server.port}/readyz", timeout=5,
+            if cert.exists() and httpx.get(f"https://127.0.0.1:{server.port}/readyz", timeout=5,
                                            verify=ssl.create_default_context(cafile=str(cert))).status_code == 200:
                 return
         except httpx.HTTPError:
@@ -64,7 +64,7 @@ def client(server: ServerProcess, cert: Path, api_key: str = "any-key", **http_o
     """A client as a user makes one: SSL_CERT_FILE names the certificate when the client is created."""
     with mock.patch.dict(os.environ, {"SSL_CERT_FILE": str(cert)}):
         return genai.Client(api_key=api_key,
-                            http_options={"base_url": f"https://localhost:{server.port}", **http_options})
+                            http_options={"base_url": f"https://127.0.0.1:{server.port}", **http_options})
 
 
 async def answer(session: Any) -> list[types.LiveServerMessage]:

@@ -48,9 +48,10 @@ def test_serve_tls_self_signed_prints_the_trust_line_and_serves_wss(start_server
         time.sleep(0.05)
     wait_ready_over_tls(server, cert)
     trust = strict_trust(cert)
-    assert httpx.get(f"https://localhost:{server.port}/readyz", verify=trust, timeout=5).status_code == 200
-    for host in ("localhost", "127.0.0.1"):
-        with connect(f"wss://{host}:{server.port}/", ssl=trust, open_timeout=30) as ws:
+    assert httpx.get(f"https://127.0.0.1:{server.port}/readyz", verify=trust, timeout=5).status_code == 200
+    # 127.0.0.1 itself: on a shared machine `localhost` may resolve to [::1] where another server has this port.
+    for name in ("localhost", "127.0.0.1"):
+        with connect(f"wss://127.0.0.1:{server.port}/", ssl=trust, server_hostname=name, open_timeout=30) as ws:
             send(ws, {"type": "get_status"})
             assert receive(ws)["type"] == "status"
     assert "(made;" in server.log_text()

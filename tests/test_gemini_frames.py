@@ -30,7 +30,7 @@ def vision_tls_server(tiny_vision_model: Path, tmp_path_factory: pytest.TempPath
 
 def dropped(server: ServerProcess, cert: Path, reason: str = "superseded") -> float:
     trust = ssl.create_default_context(cafile=str(cert))
-    text = httpx.get(f"https://localhost:{server.port}/metrics", verify=trust, timeout=5).text
+    text = httpx.get(f"https://127.0.0.1:{server.port}/metrics", verify=trust, timeout=5).text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == "mlxd_frames_dropped_total" and sample.labels.get("reason") == reason)
 

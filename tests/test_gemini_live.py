@@ -62,7 +62,7 @@ def test_an_answer_streams_model_turns_then_generation_and_turn_complete(tls_ser
 def test_the_same_question_gets_the_same_answer_as_on_mlxds_own_protocol(tls_server):
     server, cert = tls_server
     gemini = ask(tls_server, "Name a colour.")
-    with connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
+    with connect(f"wss://127.0.0.1:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
                  open_timeout=30) as ws:
         send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 8})
         ws.recv(timeout=30)
@@ -75,7 +75,7 @@ def test_the_same_question_gets_the_same_answer_as_on_mlxds_own_protocol(tls_ser
 def test_every_api_version_and_a_base_url_ending_in_a_slash(tls_server, version):
     server, _ = tls_server
     plain = ask(tls_server, "Hi", api_version=version)
-    slashed = ask(tls_server, "Hi", api_version=version, base_url=f"https://localhost:{server.port}/")
+    slashed = ask(tls_server, "Hi", api_version=version, base_url=f"https://127.0.0.1:{server.port}/")
     assert text_of(plain) == text_of(slashed) and flags(plain)[-1] == "turn_complete"
 
 
@@ -249,7 +249,7 @@ def test_the_embedded_chat_model_says_paris_on_both_protocols(tmp_path: Path):
     with serving_tls("smollm2-135m", tmp_path, timeout=300) as (server, cert):
         config = {"response_modalities": ["TEXT"], "temperature": 0, "max_output_tokens": 40}
         gemini = ask((server, cert), "What is the capital of France?", config)
-        with connect(f"wss://localhost:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
+        with connect(f"wss://127.0.0.1:{server.port}/", ssl=ssl.create_default_context(cafile=str(cert)),
                      open_timeout=30) as ws:
             send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 40})
             ws.recv(timeout=30)

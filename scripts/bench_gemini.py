@@ -3,8 +3,9 @@ server, one model, both over wss, runs interleaved; then the age of the frame an
 stream at 30 fps and a question comes every second.
 
 TTFT is measured by the client from sending the turn to its first text; decode tokens/s from the first text
-to the end of the answer. Each run opens its own connection (outside the timing) so that no run reuses
-another's conversation.
+to the end of the answer. mlxd's protocol runs with history on, so that both answers take the engine's
+conversation path and the difference is the wire's. Each run opens its own connection (outside the timing)
+so that no run reuses another's conversation.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 async def mlxd_run(url: str, trust: ssl.SSLContext, max_tokens: int) -> tuple[float, float]:
     async with websockets.connect(url, ssl=trust, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "config", "temperature": 0, "maxOutputTokens": max_tokens}))
+        # history on: a conversation answer, served by the engine as every Gemini Live answer is
+        await ws.send(json.dumps({"type": "config", "temperature": 0, "maxOutputTokens": max_tokens, "history": True}))
         await ws.recv()
         sent = time.perf_counter()
         await ws.send(json.dumps({"type": "text_input", "content": PROMPT, "id": "q"}))

@@ -14,16 +14,20 @@ from mlxd.settings import Settings, add_serve_arguments
 
 def _serve(args: argparse.Namespace) -> int:
     from mlxd.server.access import StartupError, check_exposure, check_tls, resolve_token, resolve_upstream_token
+    from mlxd.server.certificate import use_self_signed
 
     settings = Settings.from_args(args)
     try:
         token = resolve_token(settings)
         check_exposure(settings, token is not None)
+        settings, certificate = use_self_signed(settings)
         check_tls(settings)
         upstream_token = resolve_upstream_token(settings)
     except StartupError as exc:
         print(f"mlxd serve: {exc}", file=sys.stderr)
         return 2
+    if certificate is not None:
+        print(certificate.announcement(), file=sys.stderr, flush=True)
 
     from mlxd.engine.blas import use_fast_blas
 
@@ -35,6 +39,20 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings, token, blas, upstream_token)
 
 
+def _cert(args: argparse.Namespace) -> int:
+    from mlxd.server.certificate import ensure_certificate
+
+    try:
+        certificate = ensure_certificate(args.host)
+    except OSError as exc:
+        print(f"mlxd cert: cannot keep the self-signed certificate: {exc}", file=sys.stderr)
+        return 2
+    print(certificate.announcement())
+    print(f"serve with it: mlxd serve --tls-self-signed   (or --tls-cert {certificate.cert} "
+          f"--tls-key {certificate.key})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxd", description="A local, real-time multimodal inference daemon.")
     parser.add_argument("--version", action="version", version=f"mlxd {__version__}")
@@ -42,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the WebSocket server in the foreground")
     add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
+    cert = commands.add_parser("cert", help="make (once) the localhost certificate of --tls-self-signed and say "
+                               "how clients trust it")
+    cert.add_argument("--host", default=Settings().host, help="a name or address it must cover besides localhost "
+                      "(default: %(default)s)")
+    cert.set_defaults(func=_cert)
     add_client_commands(commands)
     add_service_commands(commands)
     return parser

@@ -12,11 +12,12 @@ import sys
 
 import structlog
 
-_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
+_QUERY_TOKEN = re.compile(r"([?&](?:token|key|access_token)=)[^&\s\"']*", re.IGNORECASE)
 
 
 class RedactTokens(logging.Filter):
-    """uvicorn logs each WebSocket's path with its query string: a `?token=` must never reach the logs."""
+    """uvicorn logs each WebSocket's path with its query string: a `?token=` (or a Gemini SDK's `?key=`,
+    `?access_token=`) must never reach the logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):

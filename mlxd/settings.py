@@ -40,6 +40,7 @@ class Settings:
     insecure: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_self_signed: bool = False
     max_connections: int = 64
     max_messages_per_second: float = 100.0
     message_burst: int = 200
@@ -153,6 +154,9 @@ def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
                         help="allow listening on a non-loopback address without a token")
     parser.add_argument("--tls-cert", default=d.tls_cert, help="certificate (PEM) to serve wss:// and https://")
     parser.add_argument("--tls-key", default=d.tls_key, help="private key (PEM) of --tls-cert")
+    parser.add_argument("--tls-self-signed", action="store_true",
+                        help="serve wss:// and https:// with a localhost certificate made once and kept in the "
+                        "user's config directory (see `mlxd cert`)")
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:

@@ -9,6 +9,8 @@ Sections (all by default, or pick with --only):
             (the whole conversation prefilled again)
   frames    a 30 fps stream of 640x480 JPEG frames: age of each answered frame when its inference starts
             (p50/p95) and the drop count; then bytes on the wire and server CPU per frame, base64 vs binary
+  gemini    Gemini Live through Google's python SDK against mlxd's own protocol, both over wss (TTFT p50/p95,
+            tokens/s), and the age of the frame an answer used at 30 fps with a question every second
   peers     mlxd against mlx_lm.server (text) and mlx_vlm.server (vision) on the same model folder and BLAS,
             interleaved rounds, and against itself with the prefix cache off (scripts/peers.py says how)
   openai    (--engine openai) 1, 4 and 8 sessions three ways: mlx_lm.server alone (streamed by an HTTP client
@@ -57,7 +59,7 @@ from tests.tiny_models import build_text_model, build_vision_model
 from tests.upstreams import mlx_lm_server
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames", "peers", "realtime")
+SECTIONS = ("single", "batching", "history", "frames", "peers", "realtime", "gemini")
 UPSTREAM_SESSIONS = (1, 4, 8)
 
 
@@ -337,6 +339,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--frame-tokens", type=int, default=16)
     parser.add_argument("--wire-frames", type=int, default=100)
+    parser.add_argument("--gemini-runs", type=int, default=20, help="runs of each protocol in `gemini`")
     parser.add_argument("--peer-rounds", type=int, default=3, help="counted rounds of `peers` (after one warm-up)")
     parser.add_argument("--peer-tokens", type=int, nargs="+", default=[64, 256], help="tokens per answer in `peers`")
     parser.add_argument("--peer-fps", type=float, default=2.0, help="frames per second per client in `peers`")
@@ -373,6 +376,11 @@ def main() -> None:
             realtime(args.model or "smollm2-135m", vision, lambda model, name: start(model, scratch, name), timed_ask,
                      PROMPT, args.max_tokens, args.runs, args.fps, args.seconds, args.frame_tokens,
                      encoded_image(640, 480))
+        if "gemini" in sections:
+            from scripts.bench_gemini import gemini
+
+            gemini(args.model or tiny_text, vision, scratch, args.max_tokens, args.gemini_runs, args.fps,
+                   args.seconds, args.frame_tokens)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,29 @@ def test_a_token_is_required_in_a_header_a_query_or_a_subprotocol(start_server, 
     assert "token=<redacted>" in server.log_text()
 
 
+def test_gemini_sdks_present_the_token_as_their_api_key(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, env={"MLXD_TOKEN": TOKEN})
+    accepted = [{"additional_headers": {"x-goog-api-key": TOKEN}},
+                {"additional_headers": {"Authorization": f"Token {TOKEN}"}}]
+    for options in accepted:
+        with server.connect(**options) as ws:
+            send(ws, {"type": "get_status"})
+            assert receive(ws)["type"] == "status"
+    for query in (f"key={TOKEN}", f"access_token={TOKEN}"):
+        with connect(server.ws_url(f"/?{query}"), open_timeout=10) as ws:
+            send(ws, {"type": "get_status"})
+            assert receive(ws)["type"] == "status"
+    assert refused_status(server, additional_headers={"x-goog-api-key": "wrong"}) == 403
+    assert refused_status(server, additional_headers={"Authorization": "Token wrong"}) == 403
+    assert refused_status(server, additional_headers={"Authorization": f"Basic {TOKEN}"}) == 401
+    with pytest.raises(InvalidStatus) as wrong_key:
+        connect(server.ws_url("/?key=wrong"), open_timeout=10).close()
+    assert wrong_key.value.response.status_code == 403
+    time.sleep(0.2)
+    assert TOKEN not in server.log_text(), "`?key=` and `?access_token=` are redacted like `?token=`"
+    assert "key=<redacted>" in server.log_text() and "access_token=<redacted>" in server.log_text()
+
+
 def serve_and_fail(*args: str, env: dict[str, str] | None = None) -> str:
     """Run `mlxd serve` with options it must refuse; return what it said. It never gets to load a model."""
     result = subprocess.run([sys.executable, "-m", "mlxd", "serve", "--port", "1", *args], cwd=REPO, env=env,

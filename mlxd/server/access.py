@@ -6,6 +6,8 @@ other sites are refused at the handshake, before any message is read. The Host h
 name the server's own origin: a DNS-rebinding page controls it. A token, when set, keeps out local
 processes and other machines; browsers cannot set headers on a WebSocket, so it may also come as a query
 parameter or as a subprotocol, `mlxd.token.<token>` (or OpenAI's `openai-insecure-api-key.<token>`).
+Google's Gemini SDKs present it as their API key, in the forms they send unchanged: `x-goog-api-key`,
+`?key=`, and for ephemeral tokens `Authorization: Token` or `?access_token=`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ TOKEN_SUBPROTOCOL = "mlxd.token."
 OPENAI_KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser client sends its api_key
 TOKEN_SUBPROTOCOLS = (TOKEN_SUBPROTOCOL, OPENAI_KEY_SUBPROTOCOL)
 APP_SUBPROTOCOLS = ("realtime",)  # offered by OpenAI's browser client beside its key; selected, never the key
+TOKEN_QUERY_PARAMETERS = ("token", "key", "access_token")
+TOKEN_AUTHORIZATION_SCHEMES = ("bearer", "token")
 TOKEN_ENV = "MLXD_TOKEN"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -171,7 +175,8 @@ class Access:
         offered = _offered_tokens(connection)
         if not offered:
             return Denial(401, "unauthorized", "a token is required: send `Authorization: Bearer <token>`, "
-                          f"`?token=<token>` or the WebSocket subprotocol `{TOKEN_SUBPROTOCOL}<token>`")
+                          f"`?token=<token>`, the WebSocket subprotocol `{TOKEN_SUBPROTOCOL}<token>`, or "
+                          "(Gemini SDKs) the token as the API key")
         expected = self._token
         if not any(hmac.compare_digest(candidate.encode("utf-8", "replace"), expected) for candidate in offered):
             return Denial(403, "forbidden", "the token is not valid")
@@ -187,11 +192,11 @@ def token_subprotocol(connection: HTTPConnection) -> str | None:
 
 
 def _offered_tokens(connection: HTTPConnection) -> list[str]:
-    offered = []
+    offered = [key for key in connection.headers.getlist("x-goog-api-key") if key]
     scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+    if scheme.lower() in TOKEN_AUTHORIZATION_SCHEMES and credentials.strip():
         offered.append(credentials.strip())
-    offered += [value for value in connection.query_params.getlist("token") if value]
+    offered += [value for name in TOKEN_QUERY_PARAMETERS for value in connection.query_params.getlist(name) if value]
     offered += [p[len(prefix):] for p in connection.scope.get("subprotocols", ()) for prefix in TOKEN_SUBPROTOCOLS
                 if p.startswith(prefix)]
     return offered

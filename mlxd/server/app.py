@@ -27,6 +27,8 @@ from mlxd.engine.base import READY
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.protocols.base import Wire
+from mlxd.protocols.gemini_live import PATHS as GEMINI_PATHS
+from mlxd.protocols.gemini_live import GeminiLiveWire
 from mlxd.protocols.mlxws import MlxwsWire
 from mlxd.scheduler import WorkQueue
 from mlxd.server.access import Access, LoopbackHostGuard, is_loopback, token_subprotocol
@@ -136,6 +138,7 @@ def create_app(server: Server) -> Starlette:
         WebSocketRoute("/", server.endpoint(MlxwsWire)),
         WebSocketRoute("/ws", server.endpoint(MlxwsWire)),
         WebSocketRoute("/v1/realtime", realtime_endpoint(server)),
+        *(WebSocketRoute(path, server.endpoint(GeminiLiveWire)) for path in GEMINI_PATHS),
         Route("/healthz", server.healthz),
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),

@@ -324,6 +324,7 @@ def status(backend: Backend) -> int:
         port = int(_option(argv, "--port") or Settings().port)
     except ValueError:
         port = Settings().port
-    healthy, text = probe_health(host, port, tls=_option(argv, "--tls-cert") is not None)
+    tls = _option(argv, "--tls-cert") is not None or "--tls-self-signed" in argv
+    healthy, text = probe_health(host, port, tls=tls)
     print(f"health {text}")
     return 0 if healthy else 1

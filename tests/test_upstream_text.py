@@ -307,3 +307,18 @@ def test_openai_realtime_in_openai_mode_answers_as_the_original_protocol_does(fr
         assert events[-1].response.usage.input_tokens == original["usage"]["prompt_tokens"]
 
     run(scenario, front)
+
+
+def test_gemini_live_in_openai_mode_answers_as_the_original_protocol_does(front):
+    from tests.test_gemini_raw import open_session, until_turn_complete
+
+    with front.connect() as ws:
+        original = answer(ws, "Hello", "o", temperature=0, maxOutputTokens=4)
+    with open_session(front) as ws:
+        ws.send(json.dumps({"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hello"}]}],
+                                              "turnComplete": True}}))
+        messages = until_turn_complete(ws)
+    text = "".join(part["text"] for m in messages for part in m.get("serverContent", {}).get("modelTurn", {})
+                   .get("parts", []))
+    assert text == original["full_text"]
+    assert messages[-1]["usageMetadata"]["promptTokenCount"] == original["usage"]["prompt_tokens"]

@@ -65,7 +65,9 @@ def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
 def listen(host: str, port: int) -> socket.socket:
     """Bind the port before anything else: a second `mlxd serve` on it then exits at once and says why,
     instead of loading its model first and leaving only uvicorn's bind error in the log."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+    # response's first two small writes (response_start, the first token) waited ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

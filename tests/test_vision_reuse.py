@@ -59,3 +59,37 @@ def test_sessions_sending_the_same_frame_at_once_share_its_features_and_answer_a
     together = run_concurrently(lambda i, ready: answer(server, red, kind="video_frame", ready=ready), 4)
     assert [done["full_text"] for done in together] == [cold] * 4
     assert value(scrape(server), "mlxd_vision_cache_hits_total") >= 4
+
+
+IMAGE_TOKENS = 4  # the tiny Gemma 3's tokens per image (tests/tiny_models.py)
+
+
+def test_the_same_image_reuses_its_kv_and_a_new_one_reuses_the_prompt_before_it(start_server, tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    cold = start_server(tiny_vision_model, "--prefix-cache-bytes", "0", "--vision-cache-size", "0")
+    red, blue = frame((200, 40, 40)), frame((40, 40, 200))
+    first = answer(server, red)
+    assert first["usage"]["cached_tokens"] == 0
+    again = answer(server, red, kind="video_frame")
+    prompt_tokens = again["usage"]["prompt_tokens"]
+    assert again["usage"]["cached_tokens"] == prompt_tokens - 1, "the same prompt and pixels prefill one token"
+    other = answer(server, blue)
+    assert 0 < other["usage"]["cached_tokens"] <= prompt_tokens - IMAGE_TOKENS - 1, \
+        "a new image reuses only what comes before it"
+    assert [first["full_text"], again["full_text"], other["full_text"]] == \
+        [answer(cold, red)["full_text"], answer(cold, red, kind="video_frame")["full_text"],
+         answer(cold, blue)["full_text"]]
+    metrics = scrape(server)
+    assert value(metrics, "mlxd_prefix_cache_hits_total") >= 2
+    assert value(metrics, "mlxd_prefix_cache_tokens_saved_total") >= prompt_tokens
+    assert value(scrape(cold), "mlxd_prefix_cache_hits_total") == 0
+
+
+def test_frames_sent_together_reuse_each_others_prefixes_and_answer_as_cold_runs(start_server, tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    cold = start_server(tiny_vision_model, "--prefix-cache-bytes", "0", "--vision-cache-size", "0")
+    frames = [frame((200, 40, 40)), frame((40, 40, 200)), frame((200, 40, 40)), frame((40, 200, 40))]
+    expected = [answer(cold, image, kind="video_frame")["full_text"] for image in frames]
+    together = run_concurrently(lambda i, ready: answer(server, frames[i], kind="video_frame", ready=ready), 4)
+    assert [done["full_text"] for done in together] == expected
+    assert sum(done["usage"]["cached_tokens"] > 0 for done in together) >= 3, "all but the first reuse a prefix"

@@ -86,9 +86,11 @@ class UpstreamProcess:
             terminate(self.process)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process, all its threads: steadier than wall time on a loaded machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User plus system CPU seconds of a process, all its threads (or of one of them): steadier than wall
+    time on a loaded machine."""
+    path = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 

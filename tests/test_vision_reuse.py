@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import base64
 
-from tests.helpers import encoded_image, receive, run_concurrently, run_request, scrape, send, value
+from tests.helpers import (
+    encoded_image,
+    receive,
+    receive_until,
+    run_concurrently,
+    run_request,
+    scrape,
+    send,
+    terminal_for,
+    value,
+)
 
 
 def frame(color: tuple[int, int, int]) -> str:
@@ -93,3 +103,26 @@ def test_frames_sent_together_reuse_each_others_prefixes_and_answer_as_cold_runs
     together = run_concurrently(lambda i, ready: answer(server, frames[i], kind="video_frame", ready=ready), 4)
     assert [done["full_text"] for done in together] == expected
     assert sum(done["usage"]["cached_tokens"] > 0 for done in together) >= 3, "all but the first reuse a prefix"
+
+
+def test_a_cancel_or_disconnect_during_a_prefill_from_a_cached_image_leaves_the_entry_intact(start_server,
+                                                                                          tiny_vision_model):
+    server = start_server(tiny_vision_model)
+    red = frame((200, 40, 40))
+    first = answer(server, red)
+    long_prompt = "Look at every corner of this screen and say what you see there. " * 40
+    with server.connect() as ws:
+        send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})
+        receive(ws)
+        send(ws, {"type": "image_input", "image": red, "prompt": long_prompt, "id": "long"})
+        receive_until(ws, lambda m: m["type"] == "response_start")
+        send(ws, {"type": "cancel", "id": "long"})
+        done = receive_until(ws, terminal_for("long"))[-1]
+    assert done["finish_reason"] == "cancelled"
+    with server.connect() as ws:  # the same sampling, so that it shares the batch with what follows
+        send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})
+        receive(ws)
+        send(ws, {"type": "image_input", "image": red, "prompt": long_prompt, "id": "gone"})
+    again = answer(server, red)
+    assert again["usage"]["cached_tokens"] == again["usage"]["prompt_tokens"] - 1
+    assert again["full_text"] == first["full_text"]

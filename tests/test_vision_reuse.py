@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from tests.helpers import (
-    encoded_image,
-    receive,
-    receive_until,
-    run_concurrently,
-    run_request,
-    scrape,
-    send,
-    terminal_for,
-    value,
-)
+from tests import helpers
+from tests.helpers import encoded_image, receive, run_concurrently, run_request, scrape, send, value
 
 
 def frame(color: tuple[int, int, int]) -> str:
@@ -114,10 +105,8 @@ def test_a_cancel_or_disconnect_during_a_prefill_from_a_cached_image_leaves_the_
     with server.connect() as ws:
         send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})
         receive(ws)
-        send(ws, {"type": "image_input", "image": red, "prompt": long_prompt, "id": "long"})
-        receive_until(ws, lambda m: m["type"] == "response_start")
-        send(ws, {"type": "cancel", "id": "long"})
-        done = receive_until(ws, terminal_for("long"))[-1]
+        done = helpers.cancel_once_started(ws, {"type": "image_input", "image": red, "prompt": long_prompt,
+                                                "id": "long"})
     assert done["finish_reason"] == "cancelled"
     with server.connect() as ws:  # the same sampling, so that it shares the batch with what follows
         send(ws, {"type": "config", "temperature": 0, "max_tokens_image": 24})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from tests import helpers
 from tests.helpers import encoded_image, receive, run_concurrently, run_request, scrape, send, value
 
@@ -65,21 +67,27 @@ def test_sessions_sending_the_same_frame_at_once_share_its_features_and_answer_a
 IMAGE_TOKENS = 4  # the tiny Gemma 3's tokens per image (tests/tiny_models.py)
 
 
-def test_the_same_image_reuses_its_kv_and_a_new_one_reuses_the_prompt_before_it(start_server, tiny_vision_model):
+# The short prompt's KV can be cut back anywhere; the long one fills the tiny Gemma 3's 64-token sliding window,
+# so its entry serves only prompts that extend it whole, and the prefix before its image is kept apart.
+@pytest.mark.parametrize("prompt", ["What is on the screen?", "Describe every part of the screen in detail. " * 8],
+                         ids=["short", "fills the sliding window"])
+def test_the_same_image_reuses_its_kv_and_a_new_one_reuses_the_prompt_before_it(start_server, tiny_vision_model,
+                                                                                 prompt):
     server = start_server(tiny_vision_model)
     cold = start_server(tiny_vision_model, "--prefix-cache-bytes", "0", "--vision-cache-size", "0")
     red, blue = frame((200, 40, 40)), frame((40, 40, 200))
-    first = answer(server, red)
+    first = answer(server, red, prompt)
     assert first["usage"]["cached_tokens"] == 0
-    again = answer(server, red, kind="video_frame")
+    again = answer(server, red, prompt, kind="video_frame")
     prompt_tokens = again["usage"]["prompt_tokens"]
+    assert (prompt_tokens >= 64) == (prompt != "What is on the screen?")
     assert again["usage"]["cached_tokens"] == prompt_tokens - 1, "the same prompt and pixels prefill one token"
-    other = answer(server, blue)
+    other = answer(server, blue, prompt)
     assert 0 < other["usage"]["cached_tokens"] <= prompt_tokens - IMAGE_TOKENS - 1, \
         "a new image reuses only what comes before it"
     assert [first["full_text"], again["full_text"], other["full_text"]] == \
-        [answer(cold, red)["full_text"], answer(cold, red, kind="video_frame")["full_text"],
-         answer(cold, blue)["full_text"]]
+        [answer(cold, red, prompt)["full_text"], answer(cold, red, prompt, kind="video_frame")["full_text"],
+         answer(cold, blue, prompt)["full_text"]]
     metrics = scrape(server)
     assert value(metrics, "mlxd_prefix_cache_hits_total") >= 2
     assert value(metrics, "mlxd_prefix_cache_tokens_saved_total") >= prompt_tokens

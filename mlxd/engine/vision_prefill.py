@@ -29,7 +29,6 @@ from mlx_vlm.generate.ar import (
     _merge_prefill_prompt_kwargs,
     _slice_sequence_aligned_prompt_kwarg,
 )
-from mlx_vlm.models.cache import make_prompt_cache
 
 from mlxd.engine.prefix_cache import PrefixCache
 
@@ -39,12 +38,17 @@ Store = Callable[[Sequence[int], list[Any]], None]
 class _KeptPrefill(PromptProcessingBatch):
     """One prompt prefilled from a cached prefix, storing what it computed for the requests after it."""
 
-    def __init__(self, key: Sequence[int], cached: int, checkpoint: int, store: Store, **kwargs: Any) -> None:
+    def __init__(self, key: Sequence[int], cached: int, first_image: int | None, store: Store,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._key = list(key)
         self._cached = cached
-        self._checkpoint = checkpoint  # suffix columns after which the prefix is stored apart (0: none)
         self._store = store
+        windows = [layer.max_size for layer in self.prompt_cache if hasattr(layer, "max_size")]
+        fills_window = bool(windows) and len(key) - 1 >= min(windows)
+        # Suffix columns after which the prefix before the first image is stored apart (0: none).
+        self._checkpoint = (first_image - cached if fills_window and first_image is not None and first_image > cached
+                            else 0)
 
     def prompt_step(self) -> int:
         left = self._checkpoint - self._processed_prompt_columns
@@ -107,20 +111,15 @@ def withdraw(generator: BatchGenerator, waiting: list[VisionPrompt], uid: int) -
 
 def _prompt_batch(generator: BatchGenerator, prompt: VisionPrompt, cache: list[Any] | None, cached: int,
                   store: Store) -> _KeptPrefill:
-    """The prompt batch that prefills `prompt` from `cache` (holding its first `cached` tokens)."""
+    """The prompt batch that prefills `prompt` from `cache` (holding its first `cached` tokens; None: the
+    batch makes its own, as for a prompt of mlx-vlm's own)."""
     ids, language_model = prompt.ids, generator.model
     embeds, merged = _merge_prefill_prompt_kwargs([prompt.prompt_kwargs], [ids])
     if cached:
         merged = {k: _slice_sequence_aligned_prompt_kwarg(k, v, start=cached)
                   if _is_sequence_aligned_prompt_kwarg(k, v, len(ids)) else v for k, v in merged.items()}
         embeds = embeds[:, cached:]
-    if cache is None:
-        cache = make_prompt_cache(language_model)
-    windows = [layer.max_size for layer in cache if hasattr(layer, "max_size")]
-    fills_window = bool(windows) and len(ids) - 1 >= min(windows)
-    first_image = prompt.first_image
-    checkpoint = first_image - cached if fills_window and first_image is not None and first_image > cached else 0
-    return _KeptPrefill(prompt.key, cached, checkpoint, store, model=language_model, uids=[prompt.uid],
+    return _KeptPrefill(prompt.key, cached, prompt.first_image, store, model=language_model, uids=[prompt.uid],
                         input_ids=[ids[cached:]], max_tokens=[prompt.max_tokens], inputs_embeds=embeds,
                         prompt_kwargs=merged, logits_processors=[prompt.logits_processors],
                         prefill_step_size=generator.prefill_step_size, warm_cache=cache,

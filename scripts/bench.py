@@ -343,6 +343,8 @@ def main() -> None:
     parser.add_argument("--peer-rounds", type=int, default=3, help="counted rounds of `peers` (after one warm-up)")
     parser.add_argument("--peer-tokens", type=int, nargs="+", default=[64, 256], help="tokens per answer in `peers`")
     parser.add_argument("--peer-fps", type=float, default=2.0, help="frames per second per client in `peers`")
+    parser.add_argument("--peer-kinds", choices=["text", "vision"], nargs="+", default=["text", "vision"],
+                        help="which peers to run in `peers`: mlx_lm.server (text), mlx_vlm.server (vision)")
     parser.add_argument("--engine", choices=["local", "openai"], default="local",
                         help="openai: only the `openai` section (mlxd in front of mlx_lm.server)")
     args = parser.parse_args()
@@ -367,8 +369,11 @@ def main() -> None:
             from scripts.peers import text_peers, vision_peers
 
             print(f"load before `peers`: {os.getloadavg()}")
-            text_peers(args.model or tiny_text, scratch, BLAS, args.peer_rounds, tuple(args.peer_tokens))
-            vision_peers(vision, scratch, BLAS, args.peer_rounds, args.peer_tokens[0], args.peer_fps, args.seconds)
+            if "text" in args.peer_kinds:
+                text_peers(args.model or tiny_text, scratch, BLAS, args.peer_rounds, tuple(args.peer_tokens))
+            if "vision" in args.peer_kinds:
+                vision_peers(vision, scratch, BLAS, args.peer_rounds, args.peer_tokens[0], args.peer_fps,
+                             args.seconds)
             print(f"load after `peers`: {os.getloadavg()}")
         if "realtime" in sections:
             from bench_realtime import realtime

@@ -17,18 +17,17 @@ import asyncio
 import base64
 import io
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
 from mlxd.client import Client, Response, Result
-from tests.helpers import REPO, ServerProcess, free_port
+from tests.helpers import ServerProcess
+from tests.upstreams import UpstreamProcess, cpu_seconds, mlx_lm_server, mlx_vlm_server
 
 SYSTEM = ("You are a meticulous assistant for a small museum of clocks and scientific instruments. "
           "Answer visitors' questions about the collection, the history of timekeeping, and how mechanical "
@@ -39,40 +38,28 @@ QUESTIONS = ["How does a pendulum keep time?", "What is an escapement?", "Who in
 FRAME_PROMPT = "Describe what changed on the screen."
 
 
-class PeerServer(ServerProcess):
-    """`python -m mlx_lm.server` or `python -m mlx_vlm.server` on the model folder, on mlxd's BLAS: a child
-    process like mlxd's own (its log, `http`, `stop`), with its own command line and health check."""
+@dataclass
+class Peer:
+    """`mlx_lm.server` or `mlx_vlm.server` on the model folder (tests/upstreams.py starts it), and what its
+    requests name."""
 
-    def __init__(self, module: str, model: Path, log_path: Path, blas: Path | None, *args: str) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self.module = module
-        self.model_field = {} if module == "mlx_lm.server" else {"model": str(model)}
-        env = {**os.environ, **({"LD_PRELOAD": str(blas)} if blas else {})}
-        self._log = log_path.open("wb")
-        self.command = [sys.executable, "-m", module, "--model", str(model), "--host", "127.0.0.1",
-                        "--port", str(self.port), *args]
-        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+    name: str
+    upstream: UpstreamProcess
+    model_field: dict[str, str]
 
-    def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.http}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.module} did not answer /health within {timeout} s")
+    @property
+    def http(self) -> str:
+        return self.upstream.root
+
+    def stop(self) -> None:
+        self.upstream.stop()
 
 
 def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-async def ask_peer(http: httpx.AsyncClient, peer: PeerServer, system: str | None, question: str, max_tokens: int,
+async def ask_peer(http: httpx.AsyncClient, peer: Peer, system: str | None, question: str, max_tokens: int,
                    image: bytes | None = None) -> tuple[float, int]:
     """One streamed chat completion: (TTFT, completion tokens)."""
     content: str | list = question if image is None else [
@@ -138,8 +125,8 @@ async def round_of(target: object, clients: int, max_tokens: int, system: str | 
                                              for q in questions))
             elapsed = time.perf_counter() - started
     ttfts = [ttft for ttft, _ in results]
-    return {"rate": sum(tokens for _, tokens in results) / elapsed, "worst": max(ttfts),
-            "median": statistics.median(ttfts)}
+    tokens = sum(count for _, count in results)
+    return {"rate": tokens / elapsed, "worst": max(ttfts), "median": statistics.median(ttfts), "tokens": tokens}
 
 
 def frames_jpegs(count: int) -> list[bytes]:
@@ -204,12 +191,15 @@ def _targets(kind: str, model: str, scratch: Path, blas: Path | None) -> dict[st
     from mlxd.engine.model_choice import resolve
     from mlxd.engine.models import local_path
 
-    module = "mlx_lm.server" if kind == "text" else "mlx_vlm.server"
-    peer = PeerServer(module, local_path(resolve(model)), scratch / f"{module}.log", blas)
-    servers = {module: peer, "mlxd": mlxd_server(model, scratch, f"mlxd-{kind}"),
+    folder, env = local_path(resolve(model)), {"LD_PRELOAD": str(blas)} if blas else {}
+    if kind == "text":
+        peer = Peer("mlx_lm.server", mlx_lm_server(folder, scratch, env=env), {})
+    else:
+        peer = Peer("mlx_vlm.server", mlx_vlm_server(folder, scratch, env=env), {"model": str(folder)})
+    servers = {peer.name: peer, "mlxd": mlxd_server(model, scratch, f"mlxd-{kind}"),
                "mlxd, no prefix cache": mlxd_server(model, scratch, f"mlxd-{kind}-cold", "--prefix-cache-bytes", "0")}
-    peer.wait_ready()
-    print(f"  {module}: {' '.join(peer.command[1:])}")
+    peer.upstream.wait_healthy(timeout=600)
+    print(f"  {peer.name}: {' '.join(peer.upstream.command[1:])}")
     return servers
 
 
@@ -219,7 +209,12 @@ def _stop(targets: dict[str, object]) -> None:
 
 
 def _url(target: object) -> object:
-    return target if isinstance(target, PeerServer) else target.ws_url()
+    return target if isinstance(target, Peer) else target.ws_url()
+
+
+def _pid(target: object) -> int:
+    process = target.upstream.process if isinstance(target, Peer) else target.process
+    return process.pid
 
 
 def _interleaved(targets: dict[str, object], rounds: int, cases: list[tuple], run) -> dict:
@@ -230,7 +225,10 @@ def _interleaved(targets: dict[str, object], rounds: int, cases: list[tuple], ru
         for case in cases:
             order = names[index % len(names):] + names[:index % len(names)]
             for name in order:
+                cpu = cpu_seconds(_pid(targets[name]))
                 result = asyncio.run(run(_url(targets[name]), *case))
+                if "tokens" in result:
+                    result["cpu_per_token"] = (cpu_seconds(_pid(targets[name])) - cpu) / max(1, result["tokens"])
                 if index:
                     figures.setdefault((name, *case), []).append(result)
     return {key: {k: statistics.median(r[k] for r in results) for k in results[0]} for key, results in figures.items()}
@@ -239,18 +237,20 @@ def _interleaved(targets: dict[str, object], rounds: int, cases: list[tuple], ru
 def _print_rounds(figures: dict, peer: str, cases: list[tuple], rounds: int) -> None:
     print(f"  medians of {rounds} rounds; ratios are mlxd / {peer} (tok/s: higher is better; TTFT: lower is better),"
           " and mlxd / mlxd without the prefix cache")
-    print(f"  {'clients':>7} {'tokens':>6} {'server':>22} {'agg tok/s':>10} {'worst TTFT':>11} {'median TTFT':>12}")
+    print("  CPU ms/token: the server process's user+system CPU time (every thread) per generated token")
+    print(f"  {'clients':>7} {'tokens':>6} {'server':>22} {'agg tok/s':>10} {'worst TTFT':>11} {'median TTFT':>12}"
+          f" {'CPU ms/token':>13}")
     for case in cases:
         clients = f"{case[2]} {case[0]}".strip()
         for name in (peer, "mlxd", "mlxd, no prefix cache"):
             f = figures[(name, *case)]
             print(f"  {clients:>7} {case[1]:>6} {name:>22} {f['rate']:>10.1f} {1000 * f['worst']:>9.1f}ms "
-                  f"{1000 * f['median']:>10.1f}ms")
+                  f"{1000 * f['median']:>10.1f}ms {1000 * f['cpu_per_token']:>13.2f}")
         ours, theirs, cold = figures[("mlxd", *case)], figures[(peer, *case)], figures[("mlxd, no prefix cache", *case)]
-        print(f"  {'':>7} {'':>6} {'ratio vs peer':>22} {ours['rate'] / theirs['rate']:>10.2f} "
-              f"{ours['worst'] / theirs['worst']:>11.2f} {ours['median'] / theirs['median']:>12.2f}")
-        print(f"  {'':>7} {'':>6} {'ratio vs no cache':>22} {ours['rate'] / cold['rate']:>10.2f} "
-              f"{ours['worst'] / cold['worst']:>11.2f} {ours['median'] / cold['median']:>12.2f}")
+        for label, other in (("ratio vs peer", theirs), ("ratio vs no cache", cold)):
+            print(f"  {'':>7} {'':>6} {label:>22} {ours['rate'] / other['rate']:>10.2f} "
+                  f"{ours['worst'] / other['worst']:>11.2f} {ours['median'] / other['median']:>12.2f} "
+                  f"{ours['cpu_per_token'] / other['cpu_per_token']:>13.2f}")
 
 
 def text_peers(model: str, scratch: Path, blas: Path | None, rounds: int, tokens: tuple[int, ...]) -> None:

@@ -206,6 +206,15 @@ def run_request(ws: ClientConnection, message: dict, timeout: float = 30) -> lis
     return receive_until(ws, terminal_for(message.get("id")), timeout)
 
 
+def cancel_once_started(ws: ClientConnection, message: dict, timeout: float = 30) -> dict:
+    """Send one input, cancel it as soon as it has started (so, usually, during its prefill), and return its
+    terminal message."""
+    send(ws, message)
+    receive_until(ws, lambda m: m["type"] == "response_start", timeout)
+    send(ws, {"type": "cancel", "id": message["id"]})
+    return receive_until(ws, terminal_for(message["id"]), timeout)[-1]
+
+
 def seconds_to_serve(server: ServerProcess) -> float:
     """How long a new client waits for a short answer: the engine is free if this is short."""
     started = time.monotonic()

@@ -6,6 +6,7 @@ import mlx_lm
 import pytest
 from mlx_lm.sample_utils import make_sampler
 
+from tests import helpers
 from tests.helpers import receive, receive_until, run_concurrently, run_request, scrape, send, terminal_for, value
 
 SYSTEM = "You are a careful assistant. Answer briefly and plainly, and never make anything up. " * 4
@@ -89,10 +90,8 @@ def test_a_cancel_during_a_prefill_from_a_cached_prefix_leaves_the_entry_intact(
     with server.connect() as ws:
         send(ws, {"type": "config", "temperature": 0, "maxOutputTokens": 50})
         receive(ws)
-        send(ws, {"type": "text_input", "content": long_question, "context": SYSTEM, "id": "long"})
-        receive_until(ws, lambda m: m["type"] == "response_start")
-        send(ws, {"type": "cancel", "id": "long"})
-        done = receive_until(ws, terminal_for("long"))[-1]
+        question = {"type": "text_input", "content": long_question, "context": SYSTEM, "id": "long"}
+        done = helpers.cancel_once_started(ws, question)
     assert done["finish_reason"] == "cancelled" and done["usage"]["completion_tokens"] <= 1
     with server.connect() as ws:
         send(ws, {"type": "text_input", "content": long_question, "context": SYSTEM, "id": "gone"})

@@ -68,8 +68,7 @@ class UpstreamProcess:
 
     def cpu_seconds(self) -> float:
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return cpu_seconds(self.process.pid)
 
     def wait_idle(self, timeout: float = 10, window: float = 0.5, max_cpu: float = 0.02) -> float:
         """Seconds until the process spends at most `max_cpu` CPU seconds (2 clock ticks) in `window`; raises
@@ -85,6 +84,14 @@ class UpstreamProcess:
     def stop(self) -> None:
         if self.process is not None:
             terminate(self.process)
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User plus system CPU seconds of a process, all its threads (or of one of them): steadier than wall
+    time on a loaded machine."""
+    path = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def serving(upstream: UpstreamProcess) -> Iterator[UpstreamProcess]:
@@ -110,11 +117,11 @@ def mlx_lm_server(model: Path, folder: Path, *args: str, port: int | None = None
     return UpstreamProcess(command, port, folder / f"mlx_lm-{port}.log", {**hf_home(folder / "hf"), **(env or {})})
 
 
-def mlx_vlm_server(model: Path, folder: Path) -> UpstreamProcess:
+def mlx_vlm_server(model: Path, folder: Path, env: dict[str, str] | None = None) -> UpstreamProcess:
     port = free_port()
     command = [sys.executable, "-m", "mlx_vlm.server", "--model", str(model), "--host", "127.0.0.1",
                "--port", str(port)]
-    return UpstreamProcess(command, port, folder / f"mlx_vlm-{port}.log", hf_home(folder / "hf"))
+    return UpstreamProcess(command, port, folder / f"mlx_vlm-{port}.log", {**hf_home(folder / "hf"), **(env or {})})
 
 
 def two_ranks(model: Path, folder: Path) -> list[UpstreamProcess]:

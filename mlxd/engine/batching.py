@@ -5,9 +5,11 @@ the KV cache of the longest prefix already computed (its conversation's earlier 
 prefix cache holds), so only the rest is prefilled; a finished request leaves its cache to both. Requests
 join at the next step, so that those arriving together and sharing a prefix nobody holds yet (a new system
 prompt sent to many sessions at once) have it prefilled once, not once each. Vision models
-use mlx-vlm's BatchGenerator with per-request input embeddings (the image features merged into the prompt);
-its sampler is shared by the batch, so a request whose sampling differs from the running batch's, or that
-continues a conversation, is served alone instead (`accepts` says which). Must run on the engine's thread.
+use mlx-vlm's BatchGenerator with per-request input embeddings (the image features merged into the prompt),
+each prompt prefilled from the longest prefix the shared cache holds, its images keyed by their pixels
+(vision_prefill.py); its sampler is shared by the batch, so a request whose sampling differs from the
+running batch's, or that continues a conversation, is served alone instead (`accepts` says which). Must
+run on the engine's thread.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from PIL import Image
 from mlxd.dialogue import Message
 from mlxd.engine.conversation import Conversation
 from mlxd.engine.models import Chunk, TextModel, VisionModel, sampling
-from mlxd.engine.prefix_cache import PrefixCache, longest_shared_prefix
-from mlxd.engine.vision_cache import VisionFeatureCache
+from mlxd.engine.prefix_cache import PrefixCache, image_key, longest_shared_prefix
+from mlxd.engine.vision_cache import VisionFeatureCache, image_digest
 from mlxd.generation import GenerationConfig
 
 
@@ -174,11 +176,15 @@ class TextBatch(_Batch):
 
 
 class VisionBatch(_Batch):
-    def __init__(self, model: VisionModel, capacity: int, vision_cache: VisionFeatureCache) -> None:
+    def __init__(self, model: VisionModel, capacity: int, prefix_cache: PrefixCache,
+                 vision_cache: VisionFeatureCache) -> None:
         super().__init__(capacity)
         self.model = model
+        self.prefix_cache = prefix_cache
         self.vision_cache = vision_cache
         self._sampling_key: tuple[float, float, int] | None = None
+        self._image_token = getattr(model.model.config, "image_token_index", None)
+        self._waiting: list[Any] = []  # vision_prefill.VisionPrompt: prompts the generator has not taken yet
 
     @staticmethod
     def _key(config: GenerationConfig) -> tuple[float, float, int]:
@@ -190,8 +196,11 @@ class VisionBatch(_Batch):
 
     def add(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
             max_tokens: int, config: GenerationConfig, conversation: Conversation | None) -> int:
+        """Queue the prompt, prefilled from the longest prefix the shared cache holds (images keyed by pixels)."""
         from mlx_vlm.generate import BatchGenerator
         from mlx_vlm.tokenizer_utils import make_streaming_detokenizer
+
+        from mlxd.engine import vision_prefill
 
         chosen = sampling(config)
         if not self._streams and self._key(config) != self._sampling_key:
@@ -201,15 +210,30 @@ class VisionBatch(_Batch):
                                              greedy_sampling=config.temperature == 0,
                                              completion_batch_size=self.capacity, prefill_batch_size=1)
             self._sampling_key = self._key(config)
-        ids, prompt_kwargs = self.vision_cache.embedded(messages, instructions, images,
+        digests = [image_digest(image) for image in images]
+        ids, prompt_kwargs = self.vision_cache.embedded(messages, instructions, digests,
                                                         lambda: self.model.embed(messages, instructions, images))
-        [uid] = self._generator.insert([ids], max_tokens=max_tokens, prompt_kwargs=[prompt_kwargs],
-                                       logits_processors=[chosen["logits_processors"]])
+        uid = vision_prefill.reserve_uid(self._generator)
+        first_image = ids.index(self._image_token) if self._image_token in ids else None
+        self._waiting.append(vision_prefill.VisionPrompt(uid, ids, prompt_kwargs,
+                                                         image_key(ids, self._image_token, digests), max_tokens,
+                                                         chosen["logits_processors"], first_image))
         self._streams[uid] = _Stream(make_streaming_detokenizer(self.model.processor), len(ids), list(ids))
         return uid
 
+    def step(self) -> list[tuple[int, Chunk]]:
+        from mlxd.engine import vision_prefill
+
+        admitted = vision_prefill.admit(self._generator, self._waiting, self.prefix_cache)
+        if admitted is not None:
+            uid, cached = admitted
+            self._streams[uid].cached_tokens = cached
+        return super().step()
+
     def remove(self, uid: int) -> None:
-        self._generator.remove(uid)
+        from mlxd.engine import vision_prefill
+
+        vision_prefill.withdraw(self._generator, self._waiting, uid)
         self._streams.pop(uid, None)
 
 
@@ -217,5 +241,5 @@ def batch_for(model: TextModel | VisionModel, capacity: int, prefix_cache: Prefi
               vision_cache: VisionFeatureCache) -> TextBatch | VisionBatch:
     """The batch that serves this kind of model."""
     if isinstance(model, VisionModel):
-        return VisionBatch(model, capacity, vision_cache)
+        return VisionBatch(model, capacity, prefix_cache, vision_cache)
     return TextBatch(model, capacity, prefix_cache)

@@ -153,19 +153,20 @@ def _common_prefix(held: np.ndarray, wanted: np.ndarray) -> int:
 
 
 def _is_dense(layer: Any) -> bool:
+    """A plain KV layer (mlx-lm's or mlx-vlm's own twin of it), which slicing copies exactly."""
     from mlx_lm.models.cache import KVCache
+    from mlx_vlm.models.cache import KVCache as VisionKVCache
 
-    return type(layer) is KVCache and layer.keys is not None
+    return type(layer) in (KVCache, VisionKVCache) and layer.keys is not None
 
 
 def _compact(layer: Any) -> Any:
     """A copy holding exactly its tokens in buffers of its own (not a view of a batch's larger buffer)."""
     import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
 
     if not _is_dense(layer):
         return copy.deepcopy(layer)
-    kept = KVCache()
+    kept = type(layer)()
     kept.keys = mx.contiguous(layer.keys[..., :layer.offset, :])
     kept.values = mx.contiguous(layer.values[..., :layer.offset, :])
     kept.offset = layer.offset
@@ -176,12 +177,10 @@ def _compact(layer: Any) -> Any:
 def private_copy(cache: list[Any], held: int, tokens: int) -> list[Any]:
     """A copy of `cache` (holding `held` tokens) cut to its first `tokens`, sharing no array object with it:
     whatever the copy's owner writes never reaches the original."""
-    from mlx_lm.models.cache import KVCache
-
     copies = []
     for layer in cache:
         if _is_dense(layer):
-            piece = KVCache()
+            piece = type(layer)()
             piece.keys, piece.values = layer.keys[..., :tokens, :], layer.values[..., :tokens, :]
             piece.offset = tokens
         else:

@@ -58,13 +58,14 @@ class VisionFeatureCache:
 
         return self._kept(self._outputs, _digest(args, kwargs), run, self.size)
 
-    def embedded(self, messages: Sequence[Message], instructions: str | None, images: Sequence[Image.Image],
+    def embedded(self, messages: Sequence[Message], instructions: str | None, digests: Sequence[bytes],
                  embed: Callable[[], T]) -> T:
-        """`embed()` (a prompt's ids and input embeddings), computed once for the same prompt and pixels."""
-        if self.size <= 0 or not images:
+        """`embed()` (a prompt's ids and input embeddings), computed once for the same prompt and pixels (the
+        images' `image_digest`s)."""
+        if self.size <= 0 or not digests:
             return embed()
         key = (instructions, tuple((m.role, tuple((p.text, p.image is None) for p in m.parts)) for m in messages),
-               tuple(image_digest(image) for image in images))
+               tuple(digests))
         return self._kept(self._embedded, key, embed, min(self.size, EMBEDDED_PROMPTS_KEPT))
 
     def _kept(self, kept: OrderedDict[Any, Any], key: Hashable, compute: Callable[[], T], size: int) -> T:

@@ -163,6 +163,7 @@ def test_a_missing_model_fails_clearly_and_refuses(tmp_path: Path) -> None:
         models.close()
 
 
+@pytest.mark.timeout(600)
 def test_tiny_kokoro_loads_and_speech_grows_with_text(tmp_path: Path) -> None:
     folder = build_kokoro(tmp_path / "tiny-kokoro")
     models = AudioModels(stt_model="none", tts_model=str(folder))

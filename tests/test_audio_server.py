@@ -12,22 +12,10 @@ import pytest
 from mlxd.audio.worker import AudioBusy, AudioWorker
 from tests.helpers import receive_until, send
 
-AUDIO_WAIT = 120.0
-
-
-def wait_audio(server, timeout: float = AUDIO_WAIT) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        audio = server.healthz()["audio"]
-        if all(slot["state"] != "loading" for slot in audio.values()):
-            return audio
-        assert time.monotonic() < deadline, audio
-        time.sleep(0.1)
-
 
 def test_health_status_and_log_name_the_audio_models(start_server, tiny_text_model):
     server = start_server(tiny_text_model)  # text is served while the audio models load
-    audio = wait_audio(server)
+    audio = server.wait_audio()
     assert {role: slot["state"] for role, slot in audio.items()} == {"vad": "ready", "stt": "ready", "tts": "ready"}
     assert audio["stt"]["model"] == "whisper-tiny.en" and audio["stt"]["reason"]
     with server.connect() as ws:
@@ -40,7 +28,7 @@ def test_health_status_and_log_name_the_audio_models(start_server, tiny_text_mod
 
 def test_stt_none_turns_speech_input_off(start_server, tiny_text_model):
     server = start_server(tiny_text_model, "--stt-model", "none", "--tts-model", "none")
-    audio = wait_audio(server)
+    audio = server.wait_audio()
     assert audio["stt"] == {**audio["stt"], "state": "off", "reason": "speech input is turned off (--stt-model none)"}
     assert audio["tts"]["state"] == "off"
 

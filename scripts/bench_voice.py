@@ -13,6 +13,7 @@ SmolLM2-135M on an engine thread, Silero VAD + Whisper tiny.en + the system spee
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import statistics
 import tempfile
@@ -140,10 +141,14 @@ def real_time_factors(audio: AudioModels, speech: np.ndarray) -> dict[str, float
         t = time.perf_counter()
         await audio.transcribe(speech)
         stt_rtf = (time.perf_counter() - t) / seconds
+        stt = audio.slots["stt"].backend  # the baseline: mlx-audio's own decoder on the same float32 weights
+        t = time.perf_counter()
+        await audio.worker.submit(lambda: stt.model.generate(speech, temperature=0.0, verbose=None, fp16=False))
+        generate_rtf = (time.perf_counter() - t) / seconds
         t = time.perf_counter()
         spoken = await audio.speak("The capital of France is Paris. It is a large city on the river Seine.")
         tts_rtf = (time.perf_counter() - t) / (spoken.size / OUTPUT_RATE)
-        return {"vad": vad_rtf, "stt": stt_rtf, "tts": tts_rtf}
+        return {"vad": vad_rtf, "stt": stt_rtf, "stt (mlx-audio generate)": generate_rtf, "tts": tts_rtf}
     return asyncio.run(run())
 
 
@@ -181,7 +186,8 @@ def voice(runs: int, tokens: int) -> None:
     engine = Engine()
     while any(slot["state"] == "loading" for slot in audio.describe().values()):
         time.sleep(0.05)
-    print(f"\n## voice (in process): models loaded in {time.perf_counter() - started:.1f} s")
+    print(f"\n## voice (in process, load average {os.getloadavg()[0]:.1f}): models loaded in "
+          f"{time.perf_counter() - started:.1f} s")
     for role, slot in audio.describe().items():
         print(f"  {role}: {slot['model']} ({slot['source']}; {slot['reason']}) {slot['state']}")
     cascade(audio, engine, speech)  # warm-up: first calls import and allocate
@@ -199,4 +205,5 @@ def voice(runs: int, tokens: int) -> None:
     both = overlap(audio, engine, speech, tokens)
     print(f"  overlap: decode {both['decode_alone']:.1f} tok/s alone, {both['decode_together']:.1f} tok/s while "
           f"transcribing; STT {both['stt_alone']:.2f} s alone, {both['stt_together']:.2f} s while decoding")
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
     audio.close()

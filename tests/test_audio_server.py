@@ -4,6 +4,7 @@ queue is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -47,3 +48,21 @@ def test_the_audio_queue_is_bounded_and_the_thread_carries_on():
     worker.close()
     assert done == [True, 1, ZeroDivisionError]
     assert not worker.thread.is_alive()
+
+
+def test_a_call_cancelled_before_it_starts_is_skipped():
+    worker = AudioWorker()
+    worker.start()
+    gate, ran = threading.Event(), []
+
+    async def scenario() -> None:
+        blocker = worker.submit(lambda: gate.wait(10))
+        queued = worker.submit(lambda: ran.append("queued"))
+        queued.cancel()  # e.g. a sentence waiting for speech when the user barges in
+        gate.set()
+        assert await asyncio.wait_for(blocker, 10) is True
+        assert await asyncio.wait_for(worker.submit(lambda: "after"), 10) == "after"
+
+    asyncio.run(scenario())
+    worker.close()
+    assert ran == []

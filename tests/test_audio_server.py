@@ -66,3 +66,17 @@ def test_a_call_cancelled_before_it_starts_is_skipped():
     asyncio.run(scenario())
     worker.close()
     assert ran == []
+
+
+def test_gpu_defaults_fall_back_to_the_packaged_models_when_the_hub_models_cannot_be_had(monkeypatch):
+    from mlxd.audio import choice
+
+    monkeypatch.setattr(choice, "on_gpu", lambda: True)
+    monkeypatch.setattr(choice, "hub_reachable", lambda repo: False)
+    stt, tts = choice.choose_stt(None, None), choice.choose_tts(None, None)
+    assert stt.model == "whisper-tiny.en" and choice.GPU_STT in stt.reason
+    assert tts.source == "system" and choice.GPU_TTS in tts.reason
+    monkeypatch.setattr(choice, "hub_reachable", lambda repo: True)
+    assert choice.choose_stt(None, None).model == choice.GPU_STT
+    assert choice.choose_tts(None, None).model == choice.GPU_TTS
+    assert choice.choose_stt("none", None).load is None and choice.choose_tts("espeak-ng", None).source == "system"

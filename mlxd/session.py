@@ -17,7 +17,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -60,6 +60,9 @@ from mlxd.outbox import Outbox
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
 
+if TYPE_CHECKING:
+    from mlxd.audio import AudioModels
+
 log = structlog.get_logger("mlxd.session")
 _session_numbers = itertools.count(1)
 INTERRUPTED = "interrupted"
@@ -67,7 +70,8 @@ INTERRUPTED = "interrupted"
 
 class Session:
     def __init__(self, settings: Settings, queue: WorkQueue, metrics: Metrics,
-                 engine_status: Callable[[], dict[str, Any]], forget: Callable[[str], None], outbox: Outbox) -> None:
+                 engine_status: Callable[[], dict[str, Any]], forget: Callable[[str], None], outbox: Outbox,
+                 audio: AudioModels | None = None) -> None:
         self.id = f"s{next(_session_numbers)}"
         self.settings = settings
         self.config = GenerationConfig.from_settings(settings)
@@ -76,6 +80,7 @@ class Session:
         self.engine_status = engine_status
         self.forget = forget
         self.outbox = outbox
+        self.audio = audio  # the server's audio models, for voice turns
         self.dialogue = Dialogue()
         self.opened = time.monotonic()
         self.messages = self.frames_received = self.frames_dropped = 0

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from mlxd import __version__
 from mlxd.audio import AudioModels
 from mlxd.engine import create_engine
-from mlxd.engine.base import READY
+from mlxd.engine.base import LOADING, READY
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.protocols.base import Wire
@@ -127,7 +127,7 @@ class Server:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
-        self.audio.start()
+        self.audio.start(after=lambda: self.engine.status()["state"] != LOADING)
         lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
         try:
             yield

@@ -14,6 +14,8 @@ from mlxd.audio.pcm import float_to_pcm16
 from tests.test_page import FAKE_MEDIA, Wire, launch_chromium, number, wait_for, wait_on_wire
 from tests.test_voice_server import QUESTION, spoken
 
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def microphone_file(tmp_path_factory) -> str:

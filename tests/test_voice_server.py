@@ -174,3 +174,18 @@ def test_mlxd_ask_audio_sends_a_recorded_question(smollm_server, question, tmp_p
                           timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"> {QUESTION}\n{ANSWER}\n"
+
+
+def test_audio_to_a_server_without_speech_is_refused_naming_why(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, "--stt-model", "none", "--tts-model", "none")
+    with server.connect() as ws:
+        send(ws, {"type": "audio_chunk", "id": "c1", "audio": base64.b64encode(b"\x00\x00" * 1600).decode()})
+        refused = receive(ws)
+        assert (refused["type"], refused["code"], refused["id"]) == ("error", "audio_unavailable", "c1")
+        assert "--stt-model none" in refused["error"], refused
+        send(ws, {"type": "config", "id": "v", "responseModalities": ["TEXT", "AUDIO"], "temperature": 0})
+        refused, configured = receive(ws), receive(ws)
+        assert (refused["code"], refused["id"]) == ("audio_unavailable", "v") and "--tts-model none" in refused["error"]
+        assert configured["current_config"]["responseModalities"] == ["TEXT"], "AUDIO did not take"
+        done = run_request(ws, {"type": "text_input", "content": "still there?", "id": "q"})[-1]
+    assert done["type"] == "response_complete"

@@ -189,3 +189,15 @@ def test_audio_to_a_server_without_speech_is_refused_naming_why(start_server, ti
         assert configured["current_config"]["responseModalities"] == ["TEXT"], "AUDIO did not take"
         done = run_request(ws, {"type": "text_input", "content": "still there?", "id": "q"})[-1]
     assert done["type"] == "response_complete"
+
+
+@pytest.mark.parametrize("args,words", [
+    ((), "give a QUESTION, or --audio FILE"),
+    (("hello", "--audio", "q.wav"), "give a QUESTION, or --audio FILE"),
+    (("--audio", "missing.wav"), "cannot read the audio"),
+    (("--audio", "README.md"), "is not a PCM16 WAV file"),
+])
+def test_mlxd_ask_audio_refuses_bad_input_before_connecting(args, words):
+    done = subprocess.run([sys.executable, "-m", "mlxd", "ask", *args, "--url", "ws://127.0.0.1:9"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and words in done.stderr, done.stderr

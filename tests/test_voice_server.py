@@ -123,6 +123,7 @@ def test_barge_in_cuts_the_answer_and_its_speech(start_server, tiny_text_model, 
     summary = [(m["type"], m.get("id"), m.get("finish_reason")) for m in rest if m["type"] not in ("token", "audio")]
     assert rest[-1]["type"] == "response_complete" and rest[-1]["finish_reason"] == "interrupted", summary
     assert rest[-1]["usage"]["completion_tokens"] < 4000
+    assert any(m["type"] == "token" for m in rest), "speech streamed out while later tokens were generated"
     assert any(m["type"] == "speech_started" for m in rest), "the second utterance was heard during the answer"
     assert not [m for m in after_cut if m.get("id") == first_id], "nothing of the cut answer after its end"
     assert after_cut[-1]["text"].startswith("Stop"), after_cut[-1]

@@ -92,7 +92,62 @@ class MessageRetrieved:
     request_id: str | None = None
 
 
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The turn detector heard speech begin, `audio_start_ms` into the session's audio."""
+
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class AudioCommitted:
+    """The buffered audio became the turn `item_id` (a user message once transcribed)."""
+
+    item_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioCleared:
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InputTranscript:
+    """What the user said in the turn `item_id` (the final transcript)."""
+
+    item_id: str
+    text: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioOut:
+    """A chunk of an answer's speech, PCM16LE mono; all of an answer's chunks come before its ResponseCompleted."""
+
+    request_id: str | None
+    pcm: bytes
+    sample_rate: int = 24000
+
+
+@dataclass(frozen=True)
+class AnswerTruncated:
+    """The assistant message `message_id` now holds only the text of its first `audio_end_ms` of audio."""
+
+    message_id: str
+    audio_end_ms: int
+    request_id: str | None = None
+
+
 ServerEvent = (ResponseStarted | TokenText | ResponseCompleted | FrameDropped | ConfigUpdated | ConversationReset
-               | StatusReport | ErrorReport | MessageAdded | MessageDeleted | MessageRetrieved)
+               | StatusReport | ErrorReport | MessageAdded | MessageDeleted | MessageRetrieved | SpeechStarted
+               | SpeechStopped | AudioCommitted | AudioCleared | InputTranscript | AudioOut | AnswerTruncated)
 
 TERMINAL_EVENTS = (ResponseCompleted, FrameDropped, ErrorReport)

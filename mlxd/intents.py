@@ -14,6 +14,7 @@ from typing import Any, Literal
 from mlxd.dialogue import Message
 
 FRAME_TYPES = ("video_frame", "screen_frame")
+MAX_AUDIO_CHUNK_BYTES = 1024 * 1024  # decoded PCM in one AudioInput
 
 
 @dataclass(frozen=True)
@@ -126,5 +127,66 @@ class SetInstructions:
     text: str | None
 
 
+@dataclass(frozen=True)
+class TurnDetection:
+    """Server-side turn detection with OpenAI `server_vad` semantics: speech is a run of VAD windows above
+    `threshold`; a turn keeps `prefix_padding_ms` of audio before its onset and ends after
+    `silence_duration_ms` of silence."""
+
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    interrupt_response: bool = True
+    create_response: bool = True
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    """How a session listens and talks; `turn_detection` None: the client marks turns itself (AudioMark)."""
+
+    turn_detection: TurnDetection | None = TurnDetection()
+    input_transcription: bool = False
+    output_audio: bool = False
+    voice: str | None = None
+    standalone_turns: bool = False  # the original protocol: a spoken turn asks as a text_input does, not as a
+    # turn of the conversation (with the pending turn and the newest frame, answered through Respond)
+
+
+@dataclass(frozen=True)
+class SetVoice:
+    """The session's whole new voice state: the wire keeps its protocol's merged configuration."""
+
+    settings: VoiceSettings
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """Microphone audio, PCM16LE mono; in the original protocol `request_id` is the chunk's id, and a turn that
+    this chunk ends is answered with it."""
+
+    pcm: bytes
+    sample_rate: int
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioMark:
+    """The client marks turns: `start` and `end` of speech, `commit` what is buffered as a turn, `clear` it."""
+
+    kind: Literal["start", "end", "commit", "clear"]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TruncateAnswer:
+    """Keep only what the user heard of an answer: its text up to `audio_end_ms` of its audio."""
+
+    message_id: str
+    audio_end_ms: int
+    request_id: str | None = None
+
+
 Intent = (TextInput | ImageInput | ConfigUpdate | Cancel | GetStatus | Reset | AddMessages | Respond | OfferFrame
-          | Interrupt | DeleteMessage | RetrieveMessage | SetInstructions)
+          | Interrupt | DeleteMessage | RetrieveMessage | SetInstructions | SetVoice | AudioInput | AudioMark
+          | TruncateAnswer)

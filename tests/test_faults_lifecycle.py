@@ -59,7 +59,7 @@ def test_a_full_disk_while_converting_the_embedded_model_fails_cleanly(start_ser
     assert "the disk is full" in health["error"] and "MLXD_CACHE_DIR" in health["error"], health
     assert server.process.poll() is None, "the server stays up"
     seen = Path(f"/proc/{server.process.pid}/root") / str(cache).lstrip("/") / "models"  # its tmpfs
-    left = sorted(p.name for p in seen.iterdir())
+    left = sorted(p.name for p in seen.iterdir() if "smollm2" in p.name)  # the audio models convert on their own
     assert [name for name in left if not name.endswith(".lock")] == [], f"half-written conversion left: {left}"
     with server.connect() as ws:
         error = run_request(ws, {"type": "text_input", "content": "anyone?", "id": "q"})[-1]

@@ -125,7 +125,7 @@ class Server:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
-        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
+        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag, self.metrics.loop_own_lag))
         try:
             yield
         finally:

@@ -74,6 +74,7 @@ def run_clients(server: ServerProcess, args: argparse.Namespace, frame: str) -> 
         samples.take(time.monotonic() - began, server.process.pid)
         with contextlib.suppress(queue.Empty):
             tallies.append(results.get(timeout=1.0))
+    samples.seconds = time.monotonic() - began
     tally = Tally()
     for each in tallies:
         tally.add(each)
@@ -92,6 +93,7 @@ class Samples:
 
     rss: list[tuple[float, int]] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # from the clients' start to the last one's tally
 
     def take(self, elapsed: float, pid: int) -> None:
         if self.rss and elapsed - self.rss[-1][0] < 1.0:
@@ -115,6 +117,19 @@ def open_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) each of the server's threads has used, by name (Linux; {} elsewhere)."""
+    used: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                name = "loop" if task == str(pid) else "other threads"  # the engine's, MLX's, Python's own
+                used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def disconnects(metrics_url: str) -> dict[str, float]:
@@ -208,10 +223,10 @@ def main() -> int:
             idle_from = lag_stats(metrics_url)
             time.sleep(args.idle_seconds)  # the same lag measured idle: what this machine's scheduler gives
             lag_before, rss_baseline = lag_stats(metrics_url), rss_bytes(server.process.pid)
-            fds_baseline = open_fds(server.process.pid)
-            started = time.monotonic()
+            fds_baseline, cpu_before = open_fds(server.process.pid), thread_cpu(server.process.pid)
             tally, samples = run_clients(server, args, frame)
-            wall = time.monotonic() - started
+            wall = samples.seconds
+            cpu = {name: used - cpu_before.get(name, 0.0) for name, used in thread_cpu(server.process.pid).items()}
             lag_after = lag_stats(metrics_url)  # before the settling: idle wake-ups would dilute the figure
             time.sleep(SETTLE_SECONDS)
             rss_after, fds_after = rss_bytes(server.process.pid), open_fds(server.process.pid)
@@ -261,6 +276,10 @@ def main() -> int:
           f"after {rss_after / 2**20:.0f} MiB; drift {drift_text}")
     print(f"open file descriptors: {fds_baseline} before, {fds_after} after; "
           f"connections the server closed: {closed_by_server}")
+    if cpu:
+        print(f"server CPU during the load: the loop thread {cpu.get('loop', 0.0):.1f} s "
+              f"({cpu.get('loop', 0.0) / max(tally.frames_sent, 1) * 1000:.2f} ms per frame sent, all its work "
+              f"included), other threads {cpu.get('other threads', 0.0):.1f} s")
     for name, what in ((LAG_METRICS[0], "lag"), (OWN_LAG, "own lag (less waits for a CPU)")):
         p99, count = lag[name]
         print(f"event loop {what} p99: {p99 * 1000:.1f} ms over {count} samples; idle before the load "
@@ -276,7 +295,7 @@ def main() -> int:
                           "rss_baseline": rss_baseline, "rss_peak": rss_peak, "rss_after": rss_after,
                           "loop_lag_p99": lag[LAG_METRICS[0]][0], "loop_own_lag_p99": lag[OWN_LAG][0],
                           "loop_own_lag_over": lag_over, "idle_loop_lag_p99": idle[LAG_METRICS[0]],
-                          "loop_lag_samples": lag[OWN_LAG][1], "problems": problems}))
+                          "loop_lag_samples": lag[OWN_LAG][1], "server_cpu_seconds": cpu, "problems": problems}))
     return 1 if problems else 0
 
 

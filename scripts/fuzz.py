@@ -318,6 +318,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="also print a JSON summary as the last line")
     parser.add_argument("--server-log", type=Path, help="keep the server's log (JSON lines) there")
     parser.add_argument("--server-log-level", default="warning", help="(default: %(default)s)")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the server at this niceness: an artificial load, a server starved of CPU as on "
+                             "an overloaded machine (default: %(default)s)")
     parser.add_argument("--answer-timeout", type=float, default=ANSWER_TIMEOUT_S,
                         help="seconds an answer may take before it counts as missing (default: %(default)s)")
     args = parser.parse_args()
@@ -326,7 +329,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or str(build_vision_model(Path(scratch) / "tiny-gemma3"))
         server = ServerProcess(model, *SERVER_OPTIONS, "--log-level", args.server_log_level,
-                               log_path=Path(scratch) / "server.log")
+                               log_path=Path(scratch) / "server.log",
+                               prefix=("nice", "-n", str(args.server_nice)) if args.server_nice else ())
         try:
             server.wait_state("ready", timeout=600)
             report.rss_start = report.rss_peak = rss_bytes(server.process.pid)

@@ -49,26 +49,58 @@ class _Stream:
 
 
 class _Batch:
+    """Requests are known by the key `add` returns; they wait in `_waiting` until `_join` hands them to the
+    generator, which knows them by its own uid."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._generator: Any = None
         self._streams: dict[int, _Stream] = {}
+        self._waiting: dict[int, Any] = {}
+        self._next_key = 0
+        self._key_of: dict[int, int] = {}  # the generator's uid -> the key `add` returned
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._waiting)
+
+    def _wait(self, request: Any) -> int:
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._waiting[key] = request
+        return key
+
+    def _joined(self, uid: int, key: int, stream: _Stream) -> None:
+        self._streams[uid] = stream
+        self._key_of[uid] = key
+
+    def remove(self, key: int) -> None:
+        if self._waiting.pop(key, None) is not None:
+            return
+        uid = next((uid for uid, known in self._key_of.items() if known == key), None)
+        if uid is None:
+            return
+        self._cancel(uid)
+        self._streams.pop(uid, None)
+        del self._key_of[uid]
 
     def step(self) -> list[tuple[int, Chunk]]:
-        """One step: prefill what joined, decode one token of every request; (uid, chunk) per token."""
+        """One step: prefill what joined, decode one token of every request; (key, chunk) per token."""
+        self._join()
         _, responses = self._generator.next()
         results = []
         for response in responses:
             stream = self._streams[response.uid]
             chunk = stream.advance(response.token, response.finish_reason)
+            results.append((self._key_of[response.uid], chunk))
             if response.finish_reason is not None:
-                del self._streams[response.uid]
+                del self._streams[response.uid], self._key_of[response.uid]
                 self._finished(stream, response)
-            results.append((response.uid, chunk))
         return results
+
+    def _join(self) -> None:
+        """Hand waiting requests to the generator."""
+
+    def _cancel(self, uid: int) -> None:
+        """Take a request the generator holds out of it."""
 
     def _finished(self, stream: _Stream, response: Any) -> None:
         """A request has ended (not cancelled)."""
@@ -97,12 +129,6 @@ class TextBatch(_Batch):
         self.prefix_cache = prefix_cache
         self._generator = BatchGenerator(model.model, stop_tokens=[[t] for t in model.tokenizer.eos_token_ids],
                                          completion_batch_size=capacity, prefill_batch_size=capacity)
-        self._waiting: dict[int, _Waiting] = {}
-        self._next_key = 0
-        self._key_of: dict[int, int] = {}  # the generator's uid -> the key `add` returned
-
-    def __len__(self) -> int:
-        return len(self._streams) + len(self._waiting)
 
     def accepts(self, config: GenerationConfig, conversation: Conversation | None) -> bool:
         return True
@@ -112,28 +138,10 @@ class TextBatch(_Batch):
         ids = self.model.prompt_ids(messages, instructions)
         cache, cached_tokens = conversation.reuse(ids) if conversation else (None, 0)
         stream = _Stream(self.model.tokenizer.detokenizer, len(ids), list(ids), cached_tokens, conversation)
-        key, self._next_key = self._next_key, self._next_key + 1
-        self._waiting[key] = _Waiting(ids, max_tokens, sampling(config), stream, cache)
-        return key
+        return self._wait(_Waiting(ids, max_tokens, sampling(config), stream, cache))
 
-    def remove(self, key: int) -> None:
-        if self._waiting.pop(key, None) is not None:
-            return
-        uid = next((uid for uid, known in self._key_of.items() if known == key), None)
-        if uid is None:
-            return
+    def _cancel(self, uid: int) -> None:
         self._generator.remove([uid])
-        self._streams.pop(uid, None)
-        del self._key_of[uid]
-
-    def step(self) -> list[tuple[int, Chunk]]:
-        self._join()
-        results = []
-        for uid, chunk in super().step():
-            results.append((self._key_of[uid], chunk))
-            if chunk.finish_reason is not None:
-                del self._key_of[uid]
-        return results
 
     def _join(self) -> None:
         """Insert what waits, each from the longest prefix computed, a prefix they share prefilled once."""
@@ -148,8 +156,7 @@ class TextBatch(_Batch):
                                            caches=None if request.cache is None else [request.cache],
                                            all_tokens=[request.ids[:cached]], samplers=[request.chosen["sampler"]],
                                            logits_processors=[request.chosen["logits_processors"]])
-            self._streams[uid] = stream
-            self._key_of[uid] = key
+            self._joined(uid, key, stream)
 
     def _prefill_shared(self, prompts: list[list[int]]) -> None:
         """Two or more prompts that share a long prefix the cache does not hold: compute it once, for them all."""
@@ -186,7 +193,7 @@ class VisionBatch(_Batch):
 
     def accepts(self, config: GenerationConfig, conversation: Conversation | None) -> bool:
         """Same sampling as the running batch (any, when it is empty), and no conversation to continue."""
-        return conversation is None and (not self._streams or self._key(config) == self._sampling_key)
+        return conversation is None and (not len(self) or self._key(config) == self._sampling_key)
 
     def add(self, messages: Sequence[Message], instructions: str | None, images: list[Image.Image],
             max_tokens: int, config: GenerationConfig, conversation: Conversation | None) -> int:
@@ -194,7 +201,7 @@ class VisionBatch(_Batch):
         from mlx_vlm.tokenizer_utils import make_streaming_detokenizer
 
         chosen = sampling(config)
-        if not self._streams and self._key(config) != self._sampling_key:
+        if not len(self) and self._key(config) != self._sampling_key:
             model = self.model.model
             self._generator = BatchGenerator(model.language_model, self.model.processor,
                                              stop_tokens=self.model.stop_tokens, sampler=chosen["sampler"],
@@ -203,14 +210,23 @@ class VisionBatch(_Batch):
             self._sampling_key = self._key(config)
         ids, prompt_kwargs = self.vision_cache.embedded(messages, instructions, images,
                                                         lambda: self.model.embed(messages, instructions, images))
-        [uid] = self._generator.insert([ids], max_tokens=max_tokens, prompt_kwargs=[prompt_kwargs],
-                                       logits_processors=[chosen["logits_processors"]])
-        self._streams[uid] = _Stream(make_streaming_detokenizer(self.model.processor), len(ids), list(ids))
-        return uid
+        stream = _Stream(make_streaming_detokenizer(self.model.processor), len(ids), list(ids))
+        return self._wait((ids, max_tokens, prompt_kwargs, chosen["logits_processors"], stream))
 
-    def remove(self, uid: int) -> None:
+    def _join(self) -> None:
+        """One request at a time, in arrival order, once the generator has none waiting: it admits the
+        shortest prompt it holds first, so under a steady flow of short prompts a long one (an image with
+        a long prompt) would wait for as long as shorter ones keep coming (a frame waited 67 s so)."""
+        if not self._waiting or self._generator.unprocessed_prompts:
+            return
+        key = next(iter(self._waiting))
+        ids, max_tokens, prompt_kwargs, logits_processors, stream = self._waiting.pop(key)
+        [uid] = self._generator.insert([ids], max_tokens=max_tokens, prompt_kwargs=[prompt_kwargs],
+                                       logits_processors=[logits_processors])
+        self._joined(uid, key, stream)
+
+    def _cancel(self, uid: int) -> None:
         self._generator.remove(uid)
-        self._streams.pop(uid, None)
 
 
 def batch_for(model: TextModel | VisionModel, capacity: int, prefix_cache: PrefixCache,

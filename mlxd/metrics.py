@@ -25,7 +25,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 INFERENCE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 FRAME_AGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class _MlxMemoryCollector(Collector):
@@ -72,6 +72,9 @@ class Metrics:
                                    "internal)", ["reason"], registry=registry)
         self.loop_lag = Histogram("mlxd_event_loop_lag_seconds", "How much later than asked the event loop woke a "
                                   "sleeping task", buckets=LOOP_LAG_BUCKETS, registry=registry)
+        self.loop_own_lag = Histogram("mlxd_event_loop_own_lag_seconds", "The event loop's lag less the time its "
+                                      "thread waited for a CPU that other threads had (Linux; elsewhere the lag)",
+                                      buckets=LOOP_LAG_BUCKETS, registry=registry)
         self.frames_received = Counter("mlxd_frames_received", "Video and screen frames received",
                                        registry=registry)
         self.frames_dropped = Counter("mlxd_frames_dropped", "Frames dropped before inference", ["reason"],

@@ -39,6 +39,7 @@ from tests.hostile import FINAL_TYPES, answer_violations, random_message, websoc
 from tests.tiny_models import build_vision_model
 
 ANSWER_TIMEOUT_S = 60.0
+OVERDUE_GRACE_S = 120.0
 CHAOS_RATE = 0.01
 STORM_SIZE = 50
 SMALL_CONFIG = {"type": "config", "maxOutputTokens": 3, "max_tokens_image": 2, "history": False,
@@ -122,6 +123,7 @@ class Worker:
         expected_close = websocket_close_for(message, MAX_MESSAGE_BYTES)
         before = tuple(self.recent)
         self.recent.append(message)
+        sent = time.monotonic()
         await self.ws.send(wire(message), text=isinstance(message, str))
         try:
             replies = await answer(self.ws, self.budget.answer_timeout)
@@ -134,8 +136,7 @@ class Worker:
             self.recent.clear()
             return
         except asyncio.TimeoutError:
-            self.report.violation(message, f"no final message within {self.budget.answer_timeout:g} s", before)
-            await self.drop()
+            await self.overdue(message, before, sent)
             return
         if expected_close is not None:
             self.report.violation(message, f"answered, though the WebSocket layer must close with {expected_close}",
@@ -148,6 +149,24 @@ class Worker:
             await self.probe(SMALL_CONFIG, "config_updated")  # an 8192-token answer would stall this worker
         elif final.get("type") != "error" or self.rnd.random() < 0.1:
             await self.probe({"type": "get_status", "id": f"probe{self.report.probes}"}, "status")
+
+    async def overdue(self, message: str | bytes, before: tuple, sent: float) -> None:
+        """No final message within the bound: find out whether the input was lost or only late, and what its
+        session says it still has pending (a status is answered by the session itself, never queued)."""
+        await self.ws.send(json.dumps({"type": "get_status", "id": "overdue"}))
+        status, final, deadline = None, None, time.monotonic() + OVERDUE_GRACE_S
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+            while final is None:
+                reply = json.loads(await asyncio.wait_for(self.ws.recv(), deadline - time.monotonic()))
+                if reply.get("id") == "overdue":
+                    status = {"session": reply.get("session"), "queue": reply.get("queue")}
+                elif reply.get("type") in FINAL_TYPES:
+                    final = reply
+        fate = (f"late: {final['type']} after {time.monotonic() - sent:.1f} s" if final is not None
+                else f"lost: nothing after {time.monotonic() - sent:.0f} s")
+        self.report.violation(message, f"no final message within {self.budget.answer_timeout:g} s ({fate}; "
+                                       f"status then {status})", before)
+        await self.drop()
 
     async def probe(self, message: dict, expected: str) -> None:
         """The next message must answer this one: a stray second terminal of the last input shows up here."""
@@ -299,6 +318,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="also print a JSON summary as the last line")
     parser.add_argument("--server-log", type=Path, help="keep the server's log (JSON lines) there")
     parser.add_argument("--server-log-level", default="warning", help="(default: %(default)s)")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the server at this niceness: an artificial load, a server starved of CPU as on "
+                             "an overloaded machine (default: %(default)s)")
     parser.add_argument("--answer-timeout", type=float, default=ANSWER_TIMEOUT_S,
                         help="seconds an answer may take before it counts as missing (default: %(default)s)")
     args = parser.parse_args()
@@ -307,7 +329,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or str(build_vision_model(Path(scratch) / "tiny-gemma3"))
         server = ServerProcess(model, *SERVER_OPTIONS, "--log-level", args.server_log_level,
-                               log_path=Path(scratch) / "server.log")
+                               log_path=Path(scratch) / "server.log",
+                               prefix=("nice", "-n", str(args.server_nice)) if args.server_nice else ())
         try:
             server.wait_state("ready", timeout=600)
             report.rss_start = report.rss_peak = rss_bytes(server.process.pid)

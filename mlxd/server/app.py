@@ -128,7 +128,7 @@ class Server:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
         self.audio.start(after=lambda: self.engine.status()["state"] != LOADING)
-        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
+        lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag, self.metrics.loop_own_lag))
         try:
             yield
         finally:

@@ -90,7 +90,9 @@ class Connection:
         try:
             while True:
                 message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
+                if message["type"] == "websocket.disconnect":  # its code says how: 1005/1006, no close frame
+                    log.info("client_disconnected", session=session.id, code=message.get("code"),
+                             reason=message.get("reason") or None)
                     return
                 self._last_activity = now = self._loop.time()
                 session.messages += 1

@@ -1,0 +1,117 @@
+"""The audio thread: one thread loads every audio model and makes every call on it.
+
+MLX streams are thread-local (an array made on one thread cannot be evaluated on another), so the models live
+on this thread for good. Callers on the event loop submit plain functions through a bounded queue and await a
+future that the thread resolves with loop.call_soon_threadsafe; only numpy arrays and bytes cross over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+
+log = structlog.get_logger("mlxd.audio")
+
+T = TypeVar("T")
+MAX_JOBS = 64  # audio calls waiting at most; beyond it the caller is told the audio thread is busy
+
+
+class AudioBusy(RuntimeError):
+    """The audio thread's queue is full."""
+
+
+class WrongThread(RuntimeError):
+    """An audio model was called off the audio thread (MLX would fail there, or worse, race)."""
+
+
+class ThreadGuard:
+    """Pins a model wrapper to the thread that built it: every call checks first."""
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+
+    def check(self) -> None:
+        if threading.get_ident() != self.owner:
+            raise WrongThread(f"audio models run on their own thread only, not on "
+                              f"{threading.current_thread().name!r}")
+
+
+class AudioWorker:
+    """A daemon thread serving submitted calls in order from a bounded queue."""
+
+    def __init__(self, max_jobs: int = MAX_JOBS, name: str = "mlxd-audio") -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None] = (
+            queue.Queue(max_jobs))
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._closed = False
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call_soon(self, fn: Callable[[], T], done: Callable[[T | None, BaseException | None], None]) -> None:
+        """Queue `fn`; `done(result, error)` then runs on the audio thread. Raises AudioBusy when full."""
+        if self._closed:
+            raise AudioBusy("the audio thread has stopped")
+        try:
+            self._jobs.put_nowait((fn, done))
+        except queue.Full:
+            raise AudioBusy(f"the audio thread has {self._jobs.maxsize} calls waiting already") from None
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` on the audio thread; the returned future (of the running loop) gets its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        self.call_soon(fn, lambda result, error: _resolve(loop, future, result, error))
+        return future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop after the queued calls; waits at most `timeout` for the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._thread.is_alive():
+            return
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            log.warning("audio_thread_stuck", waiting=self._jobs.qsize())
+            return
+        self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, done = job
+            try:
+                result = fn()
+            except BaseException as exc:  # reported to the caller; the thread carries on
+                done(None, exc)
+            else:
+                done(result, None)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
+             error: BaseException | None) -> None:
+    def settle() -> None:
+        if future.done():  # the caller gave up waiting (cancelled)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)

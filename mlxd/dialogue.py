@@ -87,6 +87,18 @@ class Dialogue:
         with self._lock:
             return self._messages.pop(self._index(message_id))
 
+    def replace_text(self, message_id: str, text: str) -> bool:
+        """Give a message new text (its images stay): an answer cut to what the user heard. False if absent."""
+        with self._lock:
+            try:
+                index = self._index(message_id)
+            except KeyError:
+                return False
+            message = self._messages[index]
+            images = tuple(part for part in message.parts if part.image is not None)
+            self._messages[index] = Message(message.role, (*images, Part(text=text)), message.id)
+            return True
+
     def clear(self) -> None:
         with self._lock:
             self._messages.clear()

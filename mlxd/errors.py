@@ -14,6 +14,7 @@ QUEUE_FULL = "queue_full"
 RATE_LIMITED = "rate_limited"
 NOT_FOUND = "not_found"
 ANSWER_IN_PROGRESS = "answer_in_progress"
+AUDIO_UNAVAILABLE = "audio_unavailable"
 INTERNAL = "internal"
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from mlxd.dialogue import Message
 
 FRAME_TYPES = ("video_frame", "screen_frame")
+MAX_AUDIO_CHUNK_BYTES = 1024 * 1024  # decoded PCM in one AudioInput
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class VoiceSettings:
     input_transcription: bool = False
     output_audio: bool = False
     voice: str | None = None
+    standalone_turns: bool = False  # the original protocol: a spoken turn asks as a text_input does, not as a
+    # turn of the conversation (with the pending turn and the newest frame, answered through Respond)
 
 
 @dataclass(frozen=True)

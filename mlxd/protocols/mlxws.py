@@ -31,8 +31,28 @@ from mlxd.events import (
     TokenText,
 )
 from mlxd.generation import GenerationConfig
-from mlxd.intents import FRAME_TYPES, Cancel, ConfigUpdate, GetStatus, ImageInput, Intent, Reset, TextInput
+from mlxd.intents import (
+    FRAME_TYPES,
+    Cancel,
+    ConfigUpdate,
+    GetStatus,
+    ImageInput,
+    Intent,
+    Reset,
+    SetVoice,
+    TextInput,
+    VoiceSettings,
+)
 from mlxd.protocols.base import valid_unicode
+from mlxd.protocols.mlxws_voice import (
+    AUDIO_TYPES,
+    INITIAL_VOICE,
+    VOICE_FIELDS,
+    encode_voice,
+    parse_audio,
+    parse_voice_field,
+    voice_config,
+)
 from mlxd.settings import Settings
 
 MAX_ID_CHARS = 256
@@ -40,8 +60,6 @@ MAX_BINARY_HEADER_BYTES = 64 * 1024
 MAX_OUTPUT_TOKENS = 8192
 DEFAULT_IMAGE_PROMPT = "What do you see in this image?"
 DEFAULT_FRAME_PROMPT = "Describe what you see."
-
-
 
 
 def _reject_constant(name: str) -> Any:
@@ -90,8 +108,7 @@ def _request_id(message: dict[str, Any]) -> str | None:
 
 def parse_text(text: str, max_text_chars: int) -> Intent:
     """Parse one text WebSocket message; raises ClientError naming what is wrong."""
-    message = _load_object(text, "message")
-    return _parse_object(message, max_text_chars, image_bytes=None)
+    return _parse_object(_load_object(text, "message"), max_text_chars, image_bytes=None)
 
 
 def parse_binary(data: bytes, max_text_chars: int) -> Intent:
@@ -131,7 +148,7 @@ def _parse_object(message: dict[str, Any], max_text_chars: int, image_bytes: byt
         prompt = _optional_str(message, "prompt", max_text_chars, request_id) or default_prompt
         return ImageInput(request_id, kind, data, prompt, _optional_str(message, "source", 256, request_id))
     if kind == "config":
-        return _parse_config(message, request_id)
+        return _parse_config(message, request_id)[0]
     if kind == "cancel":
         return Cancel(request_id)
     if kind == "get_status":
@@ -167,8 +184,10 @@ WIRE_TO_CONFIG: dict[str, tuple[str, float, float, bool]] = {
 CONFIG_TO_WIRE = {name: wire for wire, (name, *_) in WIRE_TO_CONFIG.items()} | {"history": "history"}
 
 
-def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpdate:
-    """Validate every field before anything changes: one bad field refuses the whole update."""
+def _parse_config(message: dict[str, Any], request_id: str | None,
+                  voice: VoiceSettings = INITIAL_VOICE) -> tuple[ConfigUpdate, VoiceSettings]:
+    """Validate every field before anything changes: one bad field refuses the whole update. Returns the
+    generation changes and the voice settings with the update's voice fields applied."""
     changes: dict[str, Any] = {}
     problems: list[str] = []
     for wire, value in message.items():
@@ -177,9 +196,8 @@ def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpda
         try:
             if wire == "candidateCount":
                 _number(wire, value, 1, 1, integer=True)
-            elif wire == "responseModalities":
-                if value != ["TEXT"]:
-                    raise ValueError(f'{wire}: only ["TEXT"] is supported')
+            elif wire in VOICE_FIELDS:
+                voice = parse_voice_field(wire, value, voice)
             elif wire == "history":
                 if not isinstance(value, bool):
                     raise ValueError(f"{wire}: must be true or false")
@@ -193,13 +211,13 @@ def _parse_config(message: dict[str, Any], request_id: str | None) -> ConfigUpda
             problems.append(str(exc))
     if problems:
         raise ClientError(errors.INVALID_FIELD, "; ".join(problems), request_id)
-    return ConfigUpdate(request_id, changes)
+    return ConfigUpdate(request_id, changes), voice
 
 
-def wire_config(config: GenerationConfig) -> dict[str, Any]:
+def wire_config(config: GenerationConfig, voice: VoiceSettings = INITIAL_VOICE) -> dict[str, Any]:
     current = {"candidateCount": 1}
     current.update({CONFIG_TO_WIRE[name]: value for name, value in asdict(config).items()})
-    current["responseModalities"] = ["TEXT"]
+    current.update(voice_config(voice))
     return current
 
 
@@ -209,8 +227,10 @@ def _with_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:
     return message
 
 
-def encode(event: ServerEvent) -> str:
-    """Serialise a server event as one JSON text message."""
+def encode(event: ServerEvent, voice: VoiceSettings = INITIAL_VOICE,
+           voice_updates: dict[str, Any] | None = None) -> str | None:
+    """Serialise a server event as one JSON text message (None: one this protocol does not send); `voice` is
+    the connection's voice configuration, `voice_updates` the voice fields a config update changed."""
     now = time.time()
     if isinstance(event, TokenText):
         message = {"type": "token", "content": event.text, "timestamp": now}
@@ -233,8 +253,9 @@ def encode(event: ServerEvent) -> str:
         message = {"type": "frame_dropped", "reason": event.reason, "timestamp": now}
     elif isinstance(event, ConfigUpdated):
         message = {"type": "config_updated",
-                   "updated_fields": {CONFIG_TO_WIRE[name]: value for name, value in event.changes.items()},
-                   "current_config": wire_config(event.config), "timestamp": now}
+                   "updated_fields": {**{CONFIG_TO_WIRE[name]: value for name, value in event.changes.items()},
+                                      **(voice_updates or {})},
+                   "current_config": wire_config(event.config, voice), "timestamp": now}
     elif isinstance(event, ConversationReset):
         message = {"type": "conversation_reset", "timestamp": now}
     elif isinstance(event, StatusReport):
@@ -244,7 +265,10 @@ def encode(event: ServerEvent) -> str:
         text = event.message.encode("utf-8", "replace").decode("utf-8")
         message = {"type": "error", "error": text, "code": event.code, "timestamp": now}
     else:
-        raise TypeError(f"not a server event: {event!r}")
+        voice_message = encode_voice(event)
+        if voice_message is None:
+            return None
+        message = {**voice_message, "timestamp": now}
     return json.dumps(_with_id(message, event.request_id), ensure_ascii=False, separators=(",", ":"))
 
 
@@ -253,17 +277,50 @@ class MlxwsWire:
 
     def __init__(self, settings: Settings) -> None:
         self.max_text_chars = settings.max_text_chars
+        self.voice = INITIAL_VOICE
+        self._voice_sent = False
+        self._voice_updates: dict[str, dict[str, Any]] = {}  # config id -> the voice fields it set
+        self._voice_before: dict[str, VoiceSettings] = {}  # config id -> the voice it replaced, until answered
 
     def opening(self) -> list[str | bytes]:
         return []
 
     def parse(self, data: str | bytes) -> list[Intent]:
-        if isinstance(data, str):
-            return [parse_text(data, self.max_text_chars)]
-        return [parse_binary(data, self.max_text_chars)]
+        if isinstance(data, bytes):
+            return [parse_binary(data, self.max_text_chars)]
+        message = _load_object(data, "message")
+        kind = message.get("type")
+        request_id = _request_id(message)
+        if kind in AUDIO_TYPES:
+            return [*self._voice_first(), parse_audio(message, kind, request_id, self.voice)]
+        if kind != "config":
+            return [_parse_object(message, self.max_text_chars, image_bytes=None)]
+        update, voice = _parse_config(message, request_id, self.voice)
+        if voice == self.voice:
+            return [update]
+        key = request_id or ""
+        self._voice_updates[key] = {name: message[name] for name in VOICE_FIELDS if name in message}
+        self._voice_before[key], self.voice, self._voice_sent = self.voice, voice, True
+        return [SetVoice(voice, request_id), update]
+
+    def _voice_first(self) -> list[Intent]:
+        """The session learns this protocol's voice settings before its first audio."""
+        if self._voice_sent:
+            return []
+        self._voice_sent = True
+        return [SetVoice(self.voice)]
 
     def encode(self, event: ServerEvent) -> list[str]:
-        return [encode(event)]
+        key = event.request_id or ""
+        if isinstance(event, ErrorReport) and key in self._voice_before:
+            self.voice = self._voice_before.pop(key)  # the session refused the voice settings: they did not change
+            self._voice_updates.pop(key, None)
+            self._voice_sent = False
+        elif isinstance(event, ConfigUpdated):
+            self._voice_before.pop(key, None)
+        message = encode(event, self.voice, self._voice_updates.pop(key, None)
+                         if isinstance(event, ConfigUpdated) else None)
+        return [] if message is None else [message]
 
     def farewell(self, code: int) -> list[str | bytes]:
         return []

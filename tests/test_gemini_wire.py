@@ -25,6 +25,7 @@ from mlxd.events import (
 )
 from mlxd.generation import GenerationConfig
 from mlxd.intents import (
+    MAX_AUDIO_CHUNK_BYTES,
     AddMessages,
     AudioInput,
     AudioMark,
@@ -37,7 +38,7 @@ from mlxd.intents import (
     TurnDetection,
     VoiceSettings,
 )
-from mlxd.protocols.base import MAX_AUDIO_CHUNK_BYTES, MAX_CLOSE_REASON_BYTES, AudioRefusals, Close
+from mlxd.protocols.base import MAX_CLOSE_REASON_BYTES, AudioRefusals, Close
 from mlxd.protocols.gemini_live import GeminiLiveWire
 from mlxd.settings import Settings
 from tests.helpers import encoded_image

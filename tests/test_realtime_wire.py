@@ -33,6 +33,7 @@ from mlxd.events import (
 )
 from mlxd.generation import GenerationConfig
 from mlxd.intents import (
+    MAX_AUDIO_CHUNK_BYTES,
     AddMessages,
     AudioInput,
     AudioMark,
@@ -47,7 +48,7 @@ from mlxd.intents import (
     TurnDetection,
     VoiceSettings,
 )
-from mlxd.protocols.base import MAX_AUDIO_CHUNK_BYTES, AudioRefusals
+from mlxd.protocols.base import AudioRefusals
 from mlxd.protocols.openai_realtime import RealtimeWire
 from mlxd.settings import Settings
 from tests.helpers import encoded_image, image_b64
@@ -378,15 +379,16 @@ def test_bad_audio_is_refused_and_good_audio_is_24khz_input(audio, named):
     assert (refused.code, refused.field, refused.request_id) == ("invalid_value", "audio", "a")
     assert named in refused.message
     assert wire.parse({"type": "input_audio_buffer.append", "event_id": "b",
-                       "audio": base64.b64encode(PCM).decode()}) == [AudioInput(PCM, 24000, "b")]
+                       "audio": base64.b64encode(PCM).decode()}) == [AudioInput(PCM, 24000)]
 
 
 def test_a_spoken_turn_is_the_buffer_events_then_an_input_audio_item_and_its_transcript():
     wire = Checked(HEARD)
     wire.parse({"type": "session.update", "session": {"type": "realtime", "audio": {
         "input": {"transcription": {"model": "whisper-1"}}}}})
-    assert wire.parse({"type": "input_audio_buffer.commit", "event_id": "c"}) == [AudioMark("commit", "c")]
-    assert wire.parse({"type": "input_audio_buffer.clear", "event_id": "x"}) == [AudioMark("clear", "x")]
+    assert wire.parse({"type": "input_audio_buffer.commit", "event_id": "c"}) == [
+        AudioMark("commit", "c", respond=False)], "a commit answers nothing: response.create asks"
+    assert wire.parse({"type": "input_audio_buffer.clear", "event_id": "x"}) == [AudioMark("clear", "x", respond=False)]
     events = wire.encode(SpeechStarted("item_1", 1200)) + wire.encode(SpeechStopped("item_1", 3700))
     events += wire.encode(AudioCommitted("item_1"))
     events += wire.encode(MessageAdded(Message("user", (Part(text="What is the capital of France?"),), "item_1")))

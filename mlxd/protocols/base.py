@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mlxd.events import ServerEvent
-from mlxd.intents import Intent
+from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, Intent
 
 MAX_CLOSE_REASON_BYTES = 123
-MAX_AUDIO_CHUNK_BYTES = 1 << 20  # one chunk of microphone audio, decoded
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 NO_AUDIO_MODELS = "this server has no audio models (speech is not served)"
 

@@ -185,7 +185,7 @@ class Listener:
         elif self._turn_start is not None and (speaking or self.ring.end > self._turn_start):
             if speaking:
                 self._emit(SpeechStopped(self._item_id or "", milliseconds(self.ring.end)))
-            create = self._detection.create_response if self._detection is not None else True
+            create = mark.respond and (self._detection.create_response if self._detection is not None else True)
             self._commit(self.ring.end, mark.request_id, create)
         elif mark.kind == "commit":
             raise ClientError(errors.INVALID_FIELD, "commit: no audio is buffered", mark.request_id)

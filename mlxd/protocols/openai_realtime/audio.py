@@ -14,8 +14,8 @@ import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlxd.intents import AudioInput, TruncateAnswer, TurnDetection, VoiceSettings
-from mlxd.protocols.base import MAX_AUDIO_CHUNK_BYTES, AudioSupport, pcm_problem
+from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, AudioInput, TruncateAnswer, TurnDetection, VoiceSettings
+from mlxd.protocols.base import AudioSupport, pcm_problem
 from mlxd.protocols.openai_realtime.fields import INVALID_VALUE, UNSUPPORTED_FEATURE, Fields
 
 RATE = 24000
@@ -166,7 +166,7 @@ def parse_append(message: dict[str, Any], event_id: str | None, audio: AudioSupp
     problem = pcm_problem(pcm, RATE)
     if problem:
         raise event.error(INVALID_VALUE, "audio", problem)
-    return AudioInput(pcm, RATE, event_id)
+    return AudioInput(pcm, RATE)  # no id: a turn it ends is answered by a response named by the server
 
 
 def parse_truncate(message: dict[str, Any], event_id: str | None) -> TruncateAnswer:

@@ -60,6 +60,7 @@ from mlxd.protocols.openai_realtime.fields import (
     INVALID_JSON,
     INVALID_VALUE,
     ITEM_NOT_FOUND,
+    UNSUPPORTED_FEATURE,
     Fields,
     refuse,
 )
@@ -70,6 +71,7 @@ from mlxd.settings import Settings
 CODES = {  # the session's refusals in OpenAI's words
     errors.INVALID_JSON: INVALID_JSON, errors.UNKNOWN_TYPE: INVALID_VALUE, errors.INVALID_FIELD: INVALID_VALUE,
     errors.TEXT_TOO_LONG: INVALID_VALUE, errors.NOT_FOUND: ITEM_NOT_FOUND, errors.ANSWER_IN_PROGRESS: ACTIVE_RESPONSE,
+    errors.AUDIO_UNAVAILABLE: UNSUPPORTED_FEATURE,
 }
 SERVER_ERRORS = (errors.INTERNAL, errors.MODEL_UNAVAILABLE)
 ENGINE_FAILURES = (errors.INTERNAL, errors.IMAGE_DECODE_FAILED, errors.IMAGE_TOO_LARGE)  # after acceptance
@@ -207,7 +209,8 @@ class RealtimeWire:
     def _audio_mark(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         event = Fields(message, "", event_id, ("type", "event_id"))
         refuse_unheard(event, self.audio)
-        return [AudioMark("commit" if message["type"] == "input_audio_buffer.commit" else "clear", event_id)]
+        return [AudioMark("commit" if message["type"] == "input_audio_buffer.commit" else "clear", event_id,
+                          respond=False)]
 
     def _truncate(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         return [parse_truncate(message, event_id)]

@@ -424,6 +424,8 @@ def test_a_response_server_vad_made_is_spoken_named_by_its_answer_and_cut_by_spe
     assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "The capital"}]
     assert done["output_modalities"] == ["audio"]
     assert wire.encode(AudioOut("vad-1", PCM)) == [], "nothing after its end"
+    (retrieved,) = wire.encode(MessageRetrieved(Message("assistant", (Part(text="The capital"),), "answer_1")))
+    assert retrieved["item"]["content"] == [{"type": "output_audio", "transcript": "The capital"}]
 
 
 def test_truncate_and_output_audio_buffer_clear():

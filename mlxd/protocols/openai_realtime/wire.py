@@ -18,21 +18,15 @@ from typing import Any
 from mlxd import errors
 from mlxd.dialogue import ROOT
 from mlxd.events import (
-    AnswerTruncated,
-    AudioCleared,
-    AudioCommitted,
     AudioOut,
     ConfigUpdated,
     ErrorReport,
-    InputTranscript,
     MessageAdded,
     MessageDeleted,
     MessageRetrieved,
     ResponseCompleted,
     ResponseStarted,
     ServerEvent,
-    SpeechStarted,
-    SpeechStopped,
     TokenText,
 )
 from mlxd.generation import GenerationConfig
@@ -51,7 +45,7 @@ from mlxd.intents import (
     SetVoice,
 )
 from mlxd.protocols.base import NO_AUDIO, AudioSupport, Close, Outgoing
-from mlxd.protocols.openai_realtime.audio import RATE, TEXT_ONLY, parse_append, parse_truncate, refuse_unheard
+from mlxd.protocols.openai_realtime.audio import TEXT_ONLY, parse_append, parse_truncate, refuse_unheard
 from mlxd.protocols.openai_realtime.config import SessionView, output_tokens, parse_response, parse_session
 from mlxd.protocols.openai_realtime.fields import (
     ACTIVE_RESPONSE,
@@ -64,8 +58,9 @@ from mlxd.protocols.openai_realtime.fields import (
     Fields,
     refuse,
 )
-from mlxd.protocols.openai_realtime.items import Limits, item_json, parse_image_url, parse_item
+from mlxd.protocols.openai_realtime.items import Limits, parse_image_url, parse_item
 from mlxd.protocols.openai_realtime.responses import Ids, Response, dump
+from mlxd.protocols.openai_realtime.speech import Speech, remember
 from mlxd.settings import Settings
 
 CODES = {  # the session's refusals in OpenAI's words
@@ -76,7 +71,6 @@ CODES = {  # the session's refusals in OpenAI's words
 SERVER_ERRORS = (errors.INTERNAL, errors.MODEL_UNAVAILABLE)
 ENGINE_FAILURES = (errors.INTERNAL, errors.IMAGE_DECODE_FAILED, errors.IMAGE_TOO_LARGE)  # after acceptance
 POLICY_VIOLATION = 1008
-MAX_REMEMBERED = 64  # items and cancels awaiting the session's answer
 
 
 class RealtimeWire:
@@ -97,9 +91,7 @@ class RealtimeWire:
         self._after: OrderedDict[str, str | None] = OrderedDict()  # items asked for, not yet added: where
         self._responses: dict[str, Response] = {}  # asked for and not yet done
         self._cancels: OrderedDict[str, str | None] = OrderedDict()  # response id: the cancelling event_id
-        self._heard: OrderedDict[str, float] = OrderedDict()  # spoken items: seconds of their audio
-        self._speech_started: dict[str, int] = {}  # item id: audio_start_ms, until its speech stops
-        self._buffered_bytes = 0  # appended since the last commit or clear
+        self._speech = Speech(self._event)
         self._clearing = False  # output_audio_buffer.clear cuts the spoken answer
 
     # Client events.
@@ -203,7 +195,7 @@ class RealtimeWire:
 
     def _audio_append(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         chunk = parse_append(message, event_id, self.audio)
-        self._buffered_bytes += len(chunk.pcm)
+        self._speech.appended(len(chunk.pcm))
         return [chunk]
 
     def _audio_mark(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
@@ -233,7 +225,8 @@ class RealtimeWire:
             return self._start(event)
         if isinstance(event, ResponseCompleted):
             return self._complete(event)
-        speech = self._speech(event)
+        transcribed = self._audio_config.transcription is not None
+        speech = self._speech.encode(event, self._items[-1] if self._items else None, transcribed)
         if speech is not None:
             return speech
         if isinstance(event, ErrorReport):
@@ -242,10 +235,7 @@ class RealtimeWire:
             message = event.message
             after = self._after.pop(message.id or "", None)
             previous = self._insert(message.id or "", after)
-            item = item_json(message)
-            if message.id in self._heard:
-                shown = message.text if self._audio_config.transcription is not None else None
-                item["content"] = [{"type": "input_audio", "transcript": shown}]
+            item = self._speech.item(message, transcribed)
             return [self._event(kind, previous_item_id=previous, item=item)
                     for kind in ("conversation.item.added", "conversation.item.done")]
         if isinstance(event, MessageDeleted):
@@ -253,46 +243,11 @@ class RealtimeWire:
                 self._items.remove(event.message_id)
             return [self._event("conversation.item.deleted", item_id=event.message_id)]
         if isinstance(event, MessageRetrieved):
-            return [self._event("conversation.item.retrieved", item=item_json(event.message))]
+            return [self._event("conversation.item.retrieved", item=self._speech.item(event.message, transcribed))]
         if isinstance(event, ConfigUpdated):
             self._temperature = event.config.temperature
             return [self._event("session.updated", session=self._session_json())]
         return []  # frames dropped are counted, not told: a live frame is context, not a request
-
-    def _speech(self, event: ServerEvent) -> list[str] | None:
-        """The input audio buffer's events and the transcripts of spoken turns; None for any other event."""
-        if isinstance(event, SpeechStarted):
-            self._speech_started[event.item_id] = event.audio_start_ms
-            return [self._event("input_audio_buffer.speech_started", item_id=event.item_id,
-                                audio_start_ms=event.audio_start_ms)]
-        if isinstance(event, SpeechStopped):
-            started = self._speech_started.pop(event.item_id, None)
-            if started is not None:
-                remember(self._heard, event.item_id, max(0, event.audio_end_ms - started) / 1000)
-            return [self._event("input_audio_buffer.speech_stopped", item_id=event.item_id,
-                                audio_end_ms=event.audio_end_ms)]
-        if isinstance(event, AudioCommitted):
-            if event.item_id not in self._heard:
-                remember(self._heard, event.item_id, self._buffered_bytes / 2 / RATE)
-            self._buffered_bytes = 0
-            return [self._event("input_audio_buffer.committed", item_id=event.item_id,
-                                previous_item_id=self._items[-1] if self._items else None)]
-        if isinstance(event, AudioCleared):
-            self._buffered_bytes = 0
-            return [self._event("input_audio_buffer.cleared")]
-        if isinstance(event, InputTranscript):
-            if self._audio_config.transcription is None:
-                return []
-            seconds = round(self._heard.get(event.item_id, 0.0), 3)
-            return [self._event("conversation.item.input_audio_transcription.delta", item_id=event.item_id,
-                                content_index=0, delta=event.text),
-                    self._event("conversation.item.input_audio_transcription.completed", item_id=event.item_id,
-                                content_index=0, transcript=event.text,
-                                usage={"type": "duration", "seconds": seconds})]
-        if isinstance(event, AnswerTruncated):
-            return [self._event("conversation.item.truncated", item_id=event.message_id, content_index=0,
-                                audio_end_ms=event.audio_end_ms)]
-        return None
 
     def _start(self, event: ResponseStarted) -> list[str]:
         """A response starts; one the client did not ask for (server VAD's) is named after its answer."""
@@ -323,6 +278,8 @@ class RealtimeWire:
     def _answer_recorded(self, response: Response) -> None:
         if response.conversation_id is not None and response.started:
             self._insert(response.item_id, None)
+            if response.spoken:
+                self._speech.answered(response.item_id)
 
     def _insert(self, item_id: str, after: str | None) -> str | None:
         """Place an item in the conversation's order; returns the id of the item before it."""
@@ -379,9 +336,3 @@ PARSERS = {
     "output_audio_buffer.clear": RealtimeWire._output_clear,
 }
 
-
-def remember(pending: OrderedDict[str, str | None], key: str, value: str | None) -> None:
-    """Note what an answer still to come will need; bounded, as a refused request leaves its note behind."""
-    pending[key] = value
-    while len(pending) > MAX_REMEMBERED:
-        pending.popitem(last=False)

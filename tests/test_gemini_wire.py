@@ -219,6 +219,10 @@ def test_without_speech_input_audio_is_refused_naming_the_reason():
     (_, voice, _) = parse(GeminiLiveWire(Settings(), deaf), {"setup": {"generationConfig": {
         "responseModalities": ["AUDIO"]}}})
     assert voice.settings.output_audio, "it can still answer aloud"
+    assert parse(wire(audio=deaf), {"realtimeInput": {"audioStreamEnd": True}}) == [], "nothing was heard"
+    manual = wire({"realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}}}, audio=deaf)
+    assert parse(manual, {"realtimeInput": {"activityStart": {}}}) == [Interrupt()], "text activity only"
+    assert isinstance(parse(manual, {"realtimeInput": {"activityEnd": {}}})[0], Respond)
 
 
 def test_with_activity_detection_off_a_spoken_activity_is_a_turn_the_session_transcribes():

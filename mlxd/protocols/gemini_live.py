@@ -180,7 +180,8 @@ class GeminiLiveWire:
         if (started or ended) and self._automatic_activity:
             raise invalid("realtimeInput.activityStart/End: automatic activity detection is on; disable it in "
                           "setup.realtimeInputConfig")
-        intents: list[Intent] = [*self._barge_in(), AudioMark("start")] if started else []
+        hears = self.audio.stt_refusal is None  # else marks have no audio to mark, and only text is served
+        intents: list[Intent] = [*self._barge_in(), *([AudioMark("start")] if hears else [])] if started else []
         if started:
             self._activity_audio = False
         media = [("realtimeInput.audio", field(body, "audio"))] if field(body, "audio") is not None else []
@@ -199,7 +200,8 @@ class GeminiLiveWire:
                 intents.append(self._respond())
         if ended:
             intents.append(AudioMark("end") if self._activity_audio else self._respond())
-        if as_bool(field(body, "audioStreamEnd"), "realtimeInput.audioStreamEnd") and self._automatic_activity:
+        stream_end = as_bool(field(body, "audioStreamEnd"), "realtimeInput.audioStreamEnd")
+        if stream_end and self._automatic_activity and hears:
             intents.append(AudioMark("end"))  # the microphone is off: what was heard is a turn now
         return intents
 

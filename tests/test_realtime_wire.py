@@ -391,7 +391,8 @@ def test_a_spoken_turn_is_the_buffer_events_then_an_input_audio_item_and_its_tra
     assert wire.parse({"type": "input_audio_buffer.clear", "event_id": "x"}) == [AudioMark("clear", "x", respond=False)]
     events = wire.encode(SpeechStarted("item_1", 1200)) + wire.encode(SpeechStopped("item_1", 3700))
     events += wire.encode(AudioCommitted("item_1"))
-    events += wire.encode(MessageAdded(Message("user", (Part(text="What is the capital of France?"),), "item_1")))
+    heard = Message("user", (Part(text="What is the capital of France?"),), "item_1")
+    events += wire.encode(MessageAdded(heard))
     events += wire.encode(InputTranscript("item_1", "What is the capital of France?"))
     events += wire.encode(AudioCleared("x"))
     assert types(events) == [
@@ -399,9 +400,15 @@ def test_a_spoken_turn_is_the_buffer_events_then_an_input_audio_item_and_its_tra
         "conversation.item.added", "conversation.item.done", "conversation.item.input_audio_transcription.delta",
         "conversation.item.input_audio_transcription.completed", "input_audio_buffer.cleared"]
     assert events[0]["audio_start_ms"] == 1200 and events[1]["audio_end_ms"] == 3700
-    assert events[3]["item"]["content"] == [{"type": "input_audio", "transcript": "What is the capital of France?"}]
+    assert events[3]["item"]["id"] == "item_1" and events[3]["previous_item_id"] is None
+    assert events[3]["item"]["content"] == [{"type": "input_audio", "transcript": None}], "told at its commit"
     assert events[6]["transcript"] == "What is the capital of France?"
     assert events[6]["usage"] == {"type": "duration", "seconds": 2.5}
+    (retrieved,) = wire.encode(MessageRetrieved(heard))
+    assert retrieved["item"]["content"] == [{"type": "input_audio", "transcript": "What is the capital of France?"}]
+    (respond,) = wire.parse({"type": "response.create"})
+    started = wire.encode(ResponseStarted(respond.request_id, "text"))
+    assert started[2]["type"] == "conversation.item.added" and started[2]["previous_item_id"] == "item_1"
 
 
 def test_a_response_server_vad_made_is_spoken_named_by_its_answer_and_cut_by_speech():

@@ -58,7 +58,18 @@ class Speech:
             item["content"] = [{"type": "output_audio", "transcript": message.text}]
         return item
 
-    def encode(self, event: ServerEvent, previous_item_id: str | None, transcribed: bool) -> list[str] | None:
+    def committed(self, event: AudioCommitted, previous_item_id: str | None) -> list[str]:
+        """The buffer became a user item: OpenAI announces it at once, its transcript comes when transcribed."""
+        if event.item_id not in self._heard:
+            remember(self._heard, event.item_id, self._buffered_bytes / 2 / RATE)
+        self._buffered_bytes = 0
+        item = {"id": event.item_id, "type": "message", "object": "realtime.item", "status": "completed",
+                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
+        return [self._event("input_audio_buffer.committed", item_id=event.item_id, previous_item_id=previous_item_id),
+                *(self._event(kind, previous_item_id=previous_item_id, item=item)
+                  for kind in ("conversation.item.added", "conversation.item.done"))]
+
+    def encode(self, event: ServerEvent, transcribed: bool) -> list[str] | None:
         """The events of the input audio buffer and of transcripts; None for any other event."""
         if isinstance(event, SpeechStarted):
             self._started[event.item_id] = event.audio_start_ms
@@ -70,12 +81,6 @@ class Speech:
                 remember(self._heard, event.item_id, max(0, event.audio_end_ms - started) / 1000)
             return [self._event("input_audio_buffer.speech_stopped", item_id=event.item_id,
                                 audio_end_ms=event.audio_end_ms)]
-        if isinstance(event, AudioCommitted):
-            if event.item_id not in self._heard:
-                remember(self._heard, event.item_id, self._buffered_bytes / 2 / RATE)
-            self._buffered_bytes = 0
-            return [self._event("input_audio_buffer.committed", item_id=event.item_id,
-                                previous_item_id=previous_item_id)]
         if isinstance(event, AudioCleared):
             self._buffered_bytes = 0
             self._started.clear()

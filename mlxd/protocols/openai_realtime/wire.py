@@ -18,6 +18,7 @@ from typing import Any
 from mlxd import errors
 from mlxd.dialogue import ROOT
 from mlxd.events import (
+    AudioCommitted,
     AudioOut,
     ConfigUpdated,
     ErrorReport,
@@ -225,14 +226,20 @@ class RealtimeWire:
             return self._start(event)
         if isinstance(event, ResponseCompleted):
             return self._complete(event)
+        if isinstance(event, AudioCommitted):
+            previous = self._items[-1] if self._items else None
+            self._items.append(event.item_id)
+            return self._speech.committed(event, previous)
         transcribed = self._audio_config.transcription is not None
-        speech = self._speech.encode(event, self._items[-1] if self._items else None, transcribed)
+        speech = self._speech.encode(event, transcribed)
         if speech is not None:
             return speech
         if isinstance(event, ErrorReport):
             return self._error(event)
         if isinstance(event, MessageAdded):
             message = event.message
+            if message.id in self._items:  # a spoken turn, told of when it was committed
+                return []
             after = self._after.pop(message.id or "", None)
             previous = self._insert(message.id or "", after)
             item = self._speech.item(message, transcribed)

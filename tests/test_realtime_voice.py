@@ -67,7 +67,7 @@ def test_the_spoken_question_is_heard_transcribed_and_answered_in_text(voice_ser
         response = events[-1].response
         assert response.status == "completed" and response.output[0].content[0].text.strip() == ANSWER
         await rt.connection.conversation.item.retrieve(item_id=user.id)
-        assert (await rt.recv()).item.content[0].transcript == QUESTION
+        assert (await rt.until("conversation.item.retrieved"))[-1].item.content[0].transcript == QUESTION
 
     run(scenario, voice_server, timeout=300)
 

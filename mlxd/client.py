@@ -15,6 +15,7 @@ reply, so nothing waits forever on a server that is gone.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -30,6 +31,7 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FLUSH_TIMEOUT_SECONDS = 5.0
 _TERMINAL = ("response_complete", "frame_dropped", "error")
+AUDIO_CHUNK_BYTES = 512 * 1024  # of 16 kHz PCM16: 16 s a message, half the server's limit
 
 
 class ClientError(Exception):
@@ -72,6 +74,7 @@ class Response:
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
+        self.transcript: str | None = None  # what the server heard, for a spoken question
         self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self._result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
 
@@ -191,6 +194,22 @@ class Client:
         fields = {key: value for key, value in (("prompt", prompt), ("source", source)) if value is not None}
         return self._send_input("screen_frame" if screen else "video_frame", fields, jpeg)
 
+    def ask_audio(self, pcm: bytes) -> Response:
+        """Send a spoken question, 16 kHz PCM16LE mono, as `audio_chunk`s ended by `audio_end`, all with the
+        question's id; the Response's `transcript` is set when the server has heard it. The session should have
+        `turnDetection` null (the question ends where the audio does), else server VAD finds the turn."""
+        request_id = f"a{next(self._ids)}"
+        reply = Response(request_id)
+        if self._lost is not None:
+            reply._end(error=self._lost)
+            return reply
+        self._pending[request_id] = reply
+        for start in range(0, len(pcm), AUDIO_CHUNK_BYTES):
+            chunk = base64.b64encode(pcm[start:start + AUDIO_CHUNK_BYTES]).decode("ascii")
+            self._enqueue({"type": "audio_chunk", "id": request_id, "audio": chunk})
+        self._enqueue({"type": "audio_end", "id": request_id})
+        return reply
+
     async def cancel(self, request_id: str | None = None) -> None:
         """Cancel that request, or without an id the one running; the reply then ends `cancelled`."""
         if request_id is not None:
@@ -255,6 +274,8 @@ class Client:
         if isinstance(pending, Response):
             if kind == "token":
                 pending._token(message.get("content", ""))
+            elif kind == "transcript":
+                pending.transcript = message.get("text", "")
             elif kind in _TERMINAL:
                 del self._pending[request_id]
                 self._cancelling.discard(request_id)

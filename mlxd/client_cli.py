@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import os
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,8 +59,11 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def add_client_commands(commands: argparse._SubParsersAction) -> None:
     """Declare `ask` and `watch`."""
     ask = commands.add_parser("ask", help="ask a running server a question, optionally about an image")
-    ask.add_argument("question", metavar="QUESTION")
-    ask.add_argument("--image", type=Path, metavar="FILE", help="a JPEG, PNG or WebP image the question is about")
+    ask.add_argument("question", metavar="QUESTION", nargs="?", help="the question (none with --audio)")
+    source = ask.add_mutually_exclusive_group()
+    source.add_argument("--image", type=Path, metavar="FILE", help="a JPEG, PNG or WebP image the question is about")
+    source.add_argument("--audio", type=Path, metavar="FILE",
+                        help="a spoken question: a PCM WAV file, any rate and channels (prints what was heard)")
     _add_connection_arguments(ask)
     ask.set_defaults(func=lambda args: _run("ask", args, _ask))
 
@@ -144,12 +148,41 @@ def _read_image(path: Path) -> bytes:
     return data
 
 
+def _read_speech(path: Path) -> bytes:
+    """A WAV file as what the server hears: 16 kHz mono PCM16."""
+    from mlxd.audio.pcm import SPEECH_RATE, float_to_pcm16, resample
+    from mlxd.audio.wav import read_wav
+
+    try:
+        samples, rate = read_wav(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the audio {path}: {exc.strerror or exc}") from None
+    except (ValueError, struct.error) as exc:
+        raise UsageError(f"{path} is not a PCM16 WAV file: {exc}") from None
+    if samples.size == 0:
+        raise UsageError(f"{path} holds no audio")
+    return float_to_pcm16(resample(samples, rate, SPEECH_RATE))
+
+
 async def _ask(args: argparse.Namespace, token: str | None) -> int:
+    if (args.question is None) == (args.audio is None):
+        raise UsageError("give a QUESTION, or --audio FILE, not both")
     image = None if args.image is None else _read_image(args.image)
+    speech = None if args.audio is None else _read_speech(args.audio)
     async with Client(args.url, token) as client:
         await configure(client, args)
-        reply = client.ask(args.question) if image is None else client.send_image(image, prompt=args.question)
+        if speech is not None:
+            await client.configure(turnDetection=None)
+            reply = client.ask_audio(speech)
+        elif image is None:
+            reply = client.ask(args.question)
+        else:
+            reply = client.send_image(image, prompt=args.question)
+        heard = False
         async for piece in reply:
+            if not heard and reply.transcript is not None:
+                sys.stdout.write(f"> {reply.transcript}\n")  # what the server heard, before its answer
+                heard = True
             sys.stdout.write(piece)
             sys.stdout.flush()
         result = await reply

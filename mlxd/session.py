@@ -43,8 +43,6 @@ from mlxd.events import (
 from mlxd.generation import GenerationConfig
 from mlxd.intents import (
     AddMessages,
-    AudioInput,
-    AudioMark,
     Cancel,
     ConfigUpdate,
     DeleteMessage,
@@ -57,16 +55,14 @@ from mlxd.intents import (
     Respond,
     RetrieveMessage,
     SetInstructions,
-    SetVoice,
     TextInput,
-    TruncateAnswer,
 )
 from mlxd.media import check_encoded_size
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.scheduler import Job, QueueFull, WorkQueue
 from mlxd.settings import Settings
-from mlxd.voice import Voice, VoiceHooks
+from mlxd.voice import Voice, VoiceHooks, VoiceIntent
 from mlxd.voice.listening import new_item_id
 
 if TYPE_CHECKING:
@@ -118,7 +114,7 @@ class Session:
         elif isinstance(intent, Interrupt):
             self.voice.interrupt()
             self._cancel_jobs(self._conversation_jobs(), INTERRUPTED)
-        elif isinstance(intent, (SetVoice, AudioInput, AudioMark, TruncateAnswer)):
+        elif isinstance(intent, VoiceIntent):
             self.voice.handle(intent)
         elif isinstance(intent, SetInstructions):
             self.dialogue.instructions = intent.text
@@ -236,9 +232,9 @@ class Session:
             else:
                 self._pending_turn.append(message)
                 detection = self.voice.settings.turn_detection
+                cuts = detection is None or detection.interrupt_response
                 self._respond(Respond(request_id or f"resp_{secrets.token_hex(8)}", answer_id=new_item_id(),
-                                      when_busy="wait" if detection and not detection.interrupt_response
-                                      else "interrupt"))
+                                      when_busy="interrupt" if cuts else "wait"))
         except ClientError as exc:
             self.refuse(exc, "audio")
 

@@ -269,7 +269,7 @@ def encode(event: ServerEvent, voice: VoiceSettings = INITIAL_VOICE,
         if voice_message is None:
             return None
         message = {**voice_message, "timestamp": now}
-    return json.dumps(_with_id(message, event.request_id), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(_with_id(message, getattr(event, "request_id", None)), ensure_ascii=False, separators=(",", ":"))
 
 
 class MlxwsWire:
@@ -311,7 +311,7 @@ class MlxwsWire:
         return [SetVoice(self.voice)]
 
     def encode(self, event: ServerEvent) -> list[str]:
-        key = event.request_id or ""
+        key = getattr(event, "request_id", None) or ""
         if isinstance(event, ErrorReport) and key in self._voice_before:
             self.voice = self._voice_before.pop(key)  # the session refused the voice settings: they did not change
             self._voice_updates.pop(key, None)

@@ -26,12 +26,13 @@ HEADERS = {
 PAGE_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/mic.js": ("mic.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
 
 def page_routes() -> list[Route]:
-    """GET routes for the page and its two files; the WebSocket routes at the same paths are unaffected."""
+    """GET routes for the page and its files; the WebSocket routes at the same paths are unaffected."""
     return [_route(path, name, media_type) for path, (name, media_type) in PAGE_FILES.items()]
 
 

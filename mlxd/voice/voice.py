@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mlxd import errors
 from mlxd.dialogue import Message, user_message
 from mlxd.errors import ClientError
-from mlxd.events import AnswerTruncated, InputTranscript, ServerEvent
+from mlxd.events import AnswerTruncated, ErrorReport, InputTranscript, ServerEvent
 from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, AudioInput, AudioMark, SetVoice, TruncateAnswer, VoiceSettings
 from mlxd.scheduler import Job
 from mlxd.voice.listening import Listener, SpokenTurn
@@ -146,3 +146,6 @@ class Voice:
             self._emit(InputTranscript(turn.item_id, text, turn.request_id))
         if text:
             self._hooks.answer_turn(user_message(text, message_id=turn.item_id), turn.request_id, turn.respond)
+        elif self.settings.standalone_turns:  # the turn asked for an answer, and there is nothing to answer
+            self._emit(ErrorReport(errors.INVALID_FIELD, "audio: no speech was heard", turn.request_id, "audio",
+                                   "audio"))

@@ -1,5 +1,6 @@
-// The mlxd page: the camera or the screen to the model as binary frames, questions as text, answers as they
-// stream. It speaks the original protocol on /ws of the server that served it. The token lives only in this
+// The mlxd page: the camera or the screen to the model as binary frames, questions as text or spoken into
+// the microphone (an AudioWorklet at 16 kHz, sent as audio_chunk), answers as they stream, and spoken when
+// asked. It speaks the original protocol on /ws of the server that served it. The token lives only in this
 // page: it comes from the fragment (#token=, never sent over HTTP) or the field, and goes to the server
 // only as the WebSocket subprotocol `mlxd.token.<token>`.
 "use strict";
@@ -24,6 +25,10 @@ const page = {
   sentAt: new Map(), // request id -> performance.now() when sent, until its first token
   frames: new Set(), // ids of frames in flight
   canvas: document.createElement("canvas"),
+  mic: null, // { stream, context } while the microphone is on
+  chunkNumber: 0,
+  player: null, // { context, next (when the next chunk starts), sources (scheduled, not yet ended) }
+  spokenSeconds: 0,
 };
 
 function inRange(value, name) {
@@ -108,6 +113,7 @@ function connect() {
     sendJSON({ type: "get_status", id: "status" });
     const config = configOnConnect();
     if (config) sendJSON(config);
+    if ($("speak").checked) speakAnswers();
     if (page.autostart) {
       page.autostart = false;
       start();
@@ -161,7 +167,99 @@ function receive(message) {
       showError(message.code, message.error);
       ended(id);
       break;
+    case "transcript":
+      $("heard").textContent = message.text;
+      break;
+    case "audio":
+      play(message.audio, message.sample_rate);
+      break;
+    case "speech_started":
+      silence(); // the user speaks over the answer: stop playing it (the server cuts it too)
+      break;
   }
+  if (message.type === "response_complete" && message.finish_reason === "interrupted") silence();
+}
+
+function player() {
+  if (!page.player) page.player = { context: new AudioContext(), next: 0, sources: new Set() };
+  return page.player;
+}
+
+function play(base64, rate) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const samples = new Int16Array(bytes.buffer, 0, bytes.length >> 1);
+  if (!samples.length) return;
+  const { context, sources } = player();
+  const buffer = context.createBuffer(1, samples.length, rate);
+  const channel = buffer.getChannelData(0);
+  for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
+  const source = context.createBufferSource();
+  source.buffer = buffer;
+  source.connect(context.destination);
+  const start = Math.max(context.currentTime, page.player.next);
+  source.start(start);
+  page.player.next = start + buffer.duration;
+  sources.add(source);
+  source.onended = () => sources.delete(source);
+  page.spokenSeconds += buffer.duration;
+  $("spoken").textContent = page.spokenSeconds.toFixed(1);
+}
+
+function silence() {
+  if (!page.player) return;
+  for (const source of page.player.sources) source.stop();
+  page.player.sources.clear();
+  page.player.next = 0;
+}
+
+function sendAudio(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  const ws = page.ws;
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(JSON.stringify({ type: "audio_chunk", id: `a${++page.chunkNumber}`, audio: btoa(binary) }));
+  }
+}
+
+function speakAnswers() {
+  if ($("speak").checked) player(); // made on the click, so that the browser lets it play
+  sendJSON({ type: "config", id: "voice", responseModalities: $("speak").checked ? ["TEXT", "AUDIO"] : ["TEXT"] });
+}
+
+async function micOn() {
+  if (page.mic || page.starting) return;
+  if (!navigator.mediaDevices) {
+    showError("microphone", "the browser allows it only on https:// or localhost");
+    return;
+  }
+  page.starting = true;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
+    });
+    const context = new AudioContext();
+    await context.audioWorklet.addModule("/static/mic.js");
+    const node = new AudioWorkletNode(context, "mic-resampler");
+    node.port.onmessage = (event) => sendAudio(event.data);
+    const mute = context.createGain(); // pulls the worklet through the graph without playing the microphone
+    mute.gain.value = 0;
+    context.createMediaStreamSource(stream).connect(node).connect(mute).connect(context.destination);
+    page.mic = { stream, context };
+    $("mic").setAttribute("aria-pressed", "true");
+  } catch (error) {
+    showError("microphone", error.message || error.name);
+  } finally {
+    page.starting = false;
+  }
+}
+
+function micOff() {
+  if (!page.mic) return;
+  page.mic.stream.getTracks().forEach((track) => track.stop());
+  page.mic.context.close();
+  page.mic = null;
+  $("mic").setAttribute("aria-pressed", "false");
 }
 
 function ended(id) {
@@ -301,6 +399,9 @@ function init() {
     ask();
   });
   $("start").addEventListener("click", start);
+  $("mic").addEventListener("click", () => (page.mic ? micOff() : micOn()));
+  $("speak").checked = params.get("speak") === "1";
+  $("speak").addEventListener("change", speakAnswers);
   $("stop").addEventListener("click", stop);
   showCounters();
   connect();

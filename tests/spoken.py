@@ -1,26 +1,20 @@
-"""Speech for the vendor protocols' voice tests: the flite question at the API's rate, padded with silence so
-that server VAD hears a beginning and an end, and cut into the chunks a microphone app would send."""
+"""The flite question for the vendor protocols' voice tests: PCM16 at the API's rate, cut into the chunks a
+microphone app sends (the speech itself is tests.test_voice_server's, silence around it for server VAD)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from mlxd.audio.pcm import SPEECH_RATE, float_to_pcm16, resample
-from tests.tiny_audio import flite_speech
+from tests.test_voice_server import ANSWER, QUESTION, spoken
 
-QUESTION = "What is the capital of France?"
-ANSWER = "The capital of France is Paris."
+__all__ = ["ANSWER", "QUESTION", "chunks", "spoken_pcm"]
 
 
-def spoken(text: str, folder: Path, rate: int, before: float = 0.5, after: float = 1.2) -> bytes:
-    """`text` said by flite's slt voice as PCM16 mono at `rate`, with seconds of silence around it."""
+def spoken_pcm(text: str, folder: Path, rate: int) -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
-    voice = resample(flite_speech(text, folder), SPEECH_RATE, rate)
-    return float_to_pcm16(np.concatenate([np.zeros(int(before * rate), np.float32), voice,
-                                          np.zeros(int(after * rate), np.float32)]))
+    return float_to_pcm16(resample(spoken(text, folder), SPEECH_RATE, rate))
 
 
 def chunks(pcm: bytes, rate: int, seconds: float = 0.1) -> Iterator[bytes]:

@@ -14,7 +14,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tests.gemini_sdk import MODEL, answer, client, flags, run, serving_tls, text_of
-from tests.spoken import ANSWER, QUESTION, chunks, spoken
+from tests.spoken import ANSWER, QUESTION, chunks, spoken_pcm
 
 RATE = 16000
 MIME = f"audio/pcm;rate={RATE}"
@@ -23,7 +23,7 @@ SPOKEN = {"temperature": 0, "max_output_tokens": 40, "input_audio_transcription"
 
 @pytest.fixture(scope="module")
 def question(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return spoken(QUESTION, tmp_path_factory.mktemp("speech"), RATE)
+    return spoken_pcm(QUESTION, tmp_path_factory.mktemp("speech"), RATE)
 
 
 @pytest.fixture(scope="module")

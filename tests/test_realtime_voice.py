@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.spoken import ANSWER, QUESTION, chunks, spoken
+from tests.spoken import ANSWER, QUESTION, chunks, spoken_pcm
 from tests.test_realtime_server import Realtime, run
 
 RATE = 24000
@@ -21,7 +21,7 @@ STORY = "Tell me a long story about a brave knight and a dragon."
 
 @pytest.fixture(scope="module")
 def question(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return spoken(QUESTION, tmp_path_factory.mktemp("speech"), RATE)
+    return spoken_pcm(QUESTION, tmp_path_factory.mktemp("speech"), RATE)
 
 
 @pytest.fixture(scope="module")

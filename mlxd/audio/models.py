@@ -8,6 +8,7 @@ models load wait in the audio thread's queue behind the load, so an early caller
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from mlxd.audio.worker import AudioWorker
 log = structlog.get_logger("mlxd.audio")
 
 OFF = "none"
+LOAD_POLL_SECONDS = 0.05
 VAD_WINDOW = 512  # samples per Silero probability at 16 kHz (32 ms)
 LOADING, READY, FAILED, DISABLED = "loading", "ready", "failed", "off"
 
@@ -108,14 +110,19 @@ class AudioModels:
                 self.slots[role].choice = choice.turned_off(role)
                 self.slots[role].state = DISABLED
         self._started = False
+        self._closing = threading.Event()
 
-    def start(self) -> None:
-        """Start the audio thread and load the models on it, in the background."""
+    def start(self, after: Callable[[], bool] | None = None) -> None:
+        """Start the audio thread and load the models on it, in the background, once `after()` is true.
+
+        The app passes "the chat model has loaded": transformers' lazy imports are not thread-safe, so two
+        threads importing through it at once can break either load; and text comes first.
+        """
         if self._started:
             return
         self._started = True
         self.worker.start()
-        self.worker.call_soon(self._load_all, lambda result, error: None)
+        self.worker.call_soon(lambda: self._load_all(after), lambda result, error: None)
 
     @property
     def stt_refusal(self) -> str | None:
@@ -145,9 +152,13 @@ class AudioModels:
 
     def close(self) -> None:
         """Stop the audio thread after the calls already queued."""
+        self._closing.set()
         self.worker.close()
 
-    def _load_all(self) -> None:
+    def _load_all(self, after: Callable[[], bool] | None) -> None:
+        while after is not None and not after():
+            if self._closing.wait(LOAD_POLL_SECONDS):
+                return
         for role, slot in self.slots.items():
             if slot.state == DISABLED:
                 continue

@@ -22,8 +22,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mlxd import __version__
+from mlxd.audio import AudioModels
 from mlxd.engine import create_engine
-from mlxd.engine.base import READY
+from mlxd.engine.base import LOADING, READY
 from mlxd.metrics import Metrics
 from mlxd.outbox import Outbox
 from mlxd.protocols.base import Wire
@@ -53,11 +54,12 @@ class Server:
         self.metrics = Metrics()
         self.queue = WorkQueue(settings.max_pending)
         self.engine = create_engine(settings, self.metrics, self.queue, upstream_token)
+        self.audio = AudioModels(settings.stt_model, settings.tts_model)
         self.connections: set[Connection] = set()
         self.started = time.monotonic()
 
     def status(self) -> dict[str, object]:
-        return {**self.engine.status(), "sessions": len(self.connections)}
+        return {**self.engine.status(), "sessions": len(self.connections), "audio": self.audio.describe()}
 
     def endpoint(self, make_wire: Callable[[Settings], Wire]) -> Callable[[WebSocket], Awaitable[None]]:
         """The WebSocket endpoint of one wire format."""
@@ -84,7 +86,7 @@ class Server:
                                                        f"{self.settings.max_connections}); try again later")
             return
         session = Session(self.settings, self.queue, self.metrics, self.status, self.engine.forget,
-                          Outbox(asyncio.get_running_loop(), self.settings.max_backlog))
+                          Outbox(asyncio.get_running_loop(), self.settings.max_backlog), self.audio)
         connection = Connection(websocket, session, wire)
         self.connections.add(connection)  # counted before the first await, so the limit holds under a rush
         try:
@@ -109,7 +111,7 @@ class Server:
 
     async def healthz(self, request: Request) -> JSONResponse:
         status = self.engine.status()
-        return JSONResponse({**status, "version": __version__,
+        return JSONResponse({**status, "audio": self.audio.describe(), "version": __version__,
                              "uptime_seconds": round(time.monotonic() - self.started, 3)})
 
     async def readyz(self, request: Request) -> JSONResponse:
@@ -125,12 +127,13 @@ class Server:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.engine.start()
+        self.audio.start(after=lambda: self.engine.status()["state"] != LOADING)
         lag_watcher = asyncio.create_task(watch_loop_lag(self.metrics.loop_lag))
         try:
             yield
         finally:
             lag_watcher.cancel()
-            await asyncio.to_thread(self.engine.stop)
+            await asyncio.gather(asyncio.to_thread(self.engine.stop), asyncio.to_thread(self.audio.close))
 
 
 def create_app(server: Server) -> Starlette:

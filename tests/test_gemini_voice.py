@@ -71,6 +71,21 @@ def test_the_spoken_question_is_transcribed_and_answered(voice_server, question)
 
 
 @pytest.mark.slow
+def test_with_activity_detection_off_the_clients_activity_is_the_turn(voice_server, question):
+    async def script(session) -> list:
+        await session.send_realtime_input(activity_start=types.ActivityStart())
+        await say(session, question)
+        await session.send_realtime_input(activity_end=types.ActivityEnd())
+        return await answer(session)
+
+    config = {**SPOKEN, "response_modalities": ["TEXT"],
+              "realtime_input_config": {"automatic_activity_detection": {"disabled": True}}}
+    messages = converse(voice_server, config, script)
+    assert transcript_of(messages, "input_transcription") == QUESTION
+    assert text_of(messages).strip() == ANSWER
+
+
+@pytest.mark.slow
 def test_an_audio_answer_is_24khz_audio_parts_with_its_transcription(voice_server, question):
     async def script(session) -> list:
         await say(session, question)

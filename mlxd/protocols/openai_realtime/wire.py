@@ -210,7 +210,7 @@ class RealtimeWire:
 
     def _output_clear(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         Fields(message, "", event_id, ("type", "event_id"))
-        self._clearing = True
+        self._clearing = any(response.spoken and response.started for response in self._responses.values())
         return [Interrupt()]
 
     # Server events.

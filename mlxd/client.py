@@ -198,16 +198,12 @@ class Client:
         """Send a spoken question, 16 kHz PCM16LE mono, as `audio_chunk`s ended by `audio_end`, all with the
         question's id; the Response's `transcript` is set when the server has heard it. The session should have
         `turnDetection` null (the question ends where the audio does), else server VAD finds the turn."""
-        request_id = f"a{next(self._ids)}"
-        reply = Response(request_id)
-        if self._lost is not None:
-            reply._end(error=self._lost)
-            return reply
-        self._pending[request_id] = reply
-        for start in range(0, len(pcm), AUDIO_CHUNK_BYTES):
-            chunk = base64.b64encode(pcm[start:start + AUDIO_CHUNK_BYTES]).decode("ascii")
-            self._enqueue({"type": "audio_chunk", "id": request_id, "audio": chunk})
-        self._enqueue({"type": "audio_end", "id": request_id})
+        reply = self._response("a")
+        if not reply.done:
+            for start in range(0, len(pcm), AUDIO_CHUNK_BYTES):
+                chunk = base64.b64encode(pcm[start:start + AUDIO_CHUNK_BYTES]).decode("ascii")
+                self._enqueue({"type": "audio_chunk", "id": reply.id, "audio": chunk})
+            self._enqueue({"type": "audio_end", "id": reply.id})
         return reply
 
     async def cancel(self, request_id: str | None = None) -> None:
@@ -217,14 +213,19 @@ class Client:
         self._enqueue({"type": "cancel"} if request_id is None else {"type": "cancel", "id": request_id})
 
     def _send_input(self, kind: str, fields: dict[str, Any], image: bytes | None = None) -> Response:
-        request_id = f"{kind[0]}{next(self._ids)}"
-        reply = Response(request_id)
+        reply = self._response(kind[0])
+        if not reply.done:
+            header = {"type": kind, "id": reply.id, **fields}
+            self._enqueue(header if image is None else binary_message(header, image))
+        return reply
+
+    def _response(self, prefix: str) -> Response:
+        """A new request's Response, awaiting its messages; already failed if the connection is lost."""
+        reply = Response(f"{prefix}{next(self._ids)}")
         if self._lost is not None:
             reply._end(error=self._lost)
-            return reply
-        self._pending[request_id] = reply
-        header = {"type": kind, "id": request_id, **fields}
-        self._enqueue(header if image is None else binary_message(header, image))
+        else:
+            self._pending[reply.id] = reply
         return reply
 
     async def _request(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ Sections (all by default, or pick with --only):
   realtime  OpenAI Realtime through the python SDK vs the original protocol on one server (smollm2-135m unless
             --model): TTFT and tok/s ratios, the warm second turn, the frame loop's answered-frame age
             (scripts/bench_realtime.py)
+  voice     in one process on the embedded stack (SmolLM2, Silero, Whisper tiny.en, the system TTS): end of
+            speech to the first audio sample, split into VAD hangover, STT, LLM first sentence and TTS; each
+            model's real-time factor; whether the audio and engine threads overlap (scripts/bench_voice.py)
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 
@@ -59,7 +62,7 @@ from tests.tiny_models import build_text_model, build_vision_model
 from tests.upstreams import mlx_lm_server
 
 PROMPT = "Tell me a story about a robot who learns to paint."
-SECTIONS = ("single", "batching", "history", "frames", "peers", "realtime", "gemini")
+SECTIONS = ("single", "batching", "history", "frames", "peers", "realtime", "gemini", "voice")
 UPSTREAM_SESSIONS = (1, 4, 8)
 
 
@@ -343,6 +346,7 @@ def main() -> None:
     parser.add_argument("--peer-rounds", type=int, default=3, help="counted rounds of `peers` (after one warm-up)")
     parser.add_argument("--peer-tokens", type=int, nargs="+", default=[64, 256], help="tokens per answer in `peers`")
     parser.add_argument("--peer-fps", type=float, default=2.0, help="frames per second per client in `peers`")
+    parser.add_argument("--voice-runs", type=int, default=3, help="cascades timed in `voice` (after a warm-up)")
     parser.add_argument("--engine", choices=["local", "openai"], default="local",
                         help="openai: only the `openai` section (mlxd in front of mlx_lm.server)")
     args = parser.parse_args()
@@ -381,6 +385,10 @@ def main() -> None:
 
             gemini(args.model or tiny_text, vision, scratch, args.max_tokens, args.gemini_runs, args.fps,
                    args.seconds, args.frame_tokens)
+        if "voice" in sections:
+            from scripts.bench_voice import voice
+
+            voice(args.voice_runs, args.max_tokens)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,16 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server did not reach {state!r}: {health}")
 
+    def wait_audio(self, timeout: float = 120) -> dict:
+        """The audio models' states once none is loading (they load after the chat model)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            audio = self.wait_listening(timeout)["audio"]
+            if all(slot["state"] != "loading" for slot in audio.values()):
+                return audio
+            time.sleep(0.1)
+        raise TimeoutError(f"the audio models did not load within {timeout} s: {audio}")
+
     def connect(self, path: str = "/", **options) -> ClientConnection:
         return connect(self.ws_url(path), open_timeout=10, max_size=None, **options)
 

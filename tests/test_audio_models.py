@@ -178,3 +178,14 @@ def test_tiny_kokoro_loads_and_speech_grows_with_text(tmp_path: Path) -> None:
         assert long.size > 2 * short.size
     finally:
         models.close()
+
+
+def test_flite_speaks_when_named() -> None:
+    models = AudioModels(stt_model="none", tts_model="flite")
+    models.start()
+    try:
+        assert wait_loaded(models)["tts"] == {**models.describe()["tts"], "model": "flite", "state": "ready"}
+        spoken = run(models.speak("The capital of France is Paris."))
+        assert 1 < spoken.size / OUTPUT_RATE < 5 and np.abs(spoken).max() > 0.1
+    finally:
+        models.close()

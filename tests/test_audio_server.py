@@ -4,6 +4,7 @@ queue is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -12,22 +13,10 @@ import pytest
 from mlxd.audio.worker import AudioBusy, AudioWorker
 from tests.helpers import receive_until, send
 
-AUDIO_WAIT = 120.0
-
-
-def wait_audio(server, timeout: float = AUDIO_WAIT) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        audio = server.healthz()["audio"]
-        if all(slot["state"] != "loading" for slot in audio.values()):
-            return audio
-        assert time.monotonic() < deadline, audio
-        time.sleep(0.1)
-
 
 def test_health_status_and_log_name_the_audio_models(start_server, tiny_text_model):
     server = start_server(tiny_text_model)  # text is served while the audio models load
-    audio = wait_audio(server)
+    audio = server.wait_audio()
     assert {role: slot["state"] for role, slot in audio.items()} == {"vad": "ready", "stt": "ready", "tts": "ready"}
     assert audio["stt"]["model"] == "whisper-tiny.en" and audio["stt"]["reason"]
     with server.connect() as ws:
@@ -40,7 +29,7 @@ def test_health_status_and_log_name_the_audio_models(start_server, tiny_text_mod
 
 def test_stt_none_turns_speech_input_off(start_server, tiny_text_model):
     server = start_server(tiny_text_model, "--stt-model", "none", "--tts-model", "none")
-    audio = wait_audio(server)
+    audio = server.wait_audio()
     assert audio["stt"] == {**audio["stt"], "state": "off", "reason": "speech input is turned off (--stt-model none)"}
     assert audio["tts"]["state"] == "off"
 
@@ -59,3 +48,35 @@ def test_the_audio_queue_is_bounded_and_the_thread_carries_on():
     worker.close()
     assert done == [True, 1, ZeroDivisionError]
     assert not worker.thread.is_alive()
+
+
+def test_a_call_cancelled_before_it_starts_is_skipped():
+    worker = AudioWorker()
+    worker.start()
+    gate, ran = threading.Event(), []
+
+    async def scenario() -> None:
+        blocker = worker.submit(lambda: gate.wait(10))
+        queued = worker.submit(lambda: ran.append("queued"))
+        queued.cancel()  # e.g. a sentence waiting for speech when the user barges in
+        gate.set()
+        assert await asyncio.wait_for(blocker, 10) is True
+        assert await asyncio.wait_for(worker.submit(lambda: "after"), 10) == "after"
+
+    asyncio.run(scenario())
+    worker.close()
+    assert ran == []
+
+
+def test_gpu_defaults_fall_back_to_the_packaged_models_when_the_hub_models_cannot_be_had(monkeypatch):
+    from mlxd.audio import choice
+
+    monkeypatch.setattr(choice, "on_gpu", lambda: True)
+    monkeypatch.setattr(choice, "hub_reachable", lambda repo: False)
+    stt, tts = choice.choose_stt(None, None), choice.choose_tts(None, None)
+    assert stt.model == "whisper-tiny.en" and choice.GPU_STT in stt.reason
+    assert tts.source == "system" and choice.GPU_TTS in tts.reason
+    monkeypatch.setattr(choice, "hub_reachable", lambda repo: True)
+    assert choice.choose_stt(None, None).model == choice.GPU_STT
+    assert choice.choose_tts(None, None).model == choice.GPU_TTS
+    assert choice.choose_stt("none", None).load is None and choice.choose_tts("espeak-ng", None).source == "system"

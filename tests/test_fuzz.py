@@ -108,6 +108,7 @@ def fuzz_server(tiny_vision_model, tmp_path_factory) -> ServerProcess:
                            log_path=tmp_path_factory.mktemp("fuzz") / "server.log")
     try:
         server.wait_state("ready")
+        server.wait_audio()  # loaded after the chat model: not growth the fuzzing causes
         yield server
     finally:
         server.stop()

@@ -34,17 +34,22 @@ WebSocket.prototype.send = function (data) {
 """
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_chromium(args: list[str]):
+    """Debian's Chromium under playwright, with these arguments; skipped (failed on CI) where it is missing."""
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: `make install` installs it with apt-get")
         pytest.skip("chromium is not installed (`make install` installs it with apt-get)")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=FAKE_MEDIA)
+        browser = playwright.chromium.launch(executable_path=chromium, args=args)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_chromium(FAKE_MEDIA)
 
 
 @pytest.fixture

@@ -5,17 +5,16 @@ models: Chromium's fake microphone plays a question flite spoke (once), the page
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import wave
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from mlxd.audio.pcm import float_to_pcm16
-from tests.test_page import FAKE_MEDIA, Wire, number, wait_for, wait_on_wire
+from tests.test_page import FAKE_MEDIA, Wire, launch_chromium, number, wait_for, wait_on_wire
 from tests.test_voice_server import QUESTION, spoken
+
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +31,8 @@ def microphone_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def browser(microphone_file):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: `make install` installs it with apt-get")
-        pytest.skip("chromium is not installed (`make install` installs it with apt-get)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=[
-            *FAKE_MEDIA, f"--use-file-for-fake-audio-capture={microphone_file}%noloop",
-            "--autoplay-policy=no-user-gesture-required"])
-        yield browser
-        browser.close()
+    yield from launch_chromium([*FAKE_MEDIA, f"--use-file-for-fake-audio-capture={microphone_file}%noloop",
+                                "--autoplay-policy=no-user-gesture-required"])
 
 
 def test_the_microphone_asks_and_the_answer_is_played(browser, start_server, tiny_text_model):

@@ -21,6 +21,7 @@ QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
 CHUNK_MS = 100
 WAIT = 300  # seconds: this CPU is shared, and a first transcription warms Whisper up
+pytestmark = pytest.mark.timeout(2 * WAIT)
 
 
 def spoken(text: str, folder: Path, silence: float = 1.0) -> np.ndarray:
@@ -106,9 +107,9 @@ def test_with_audio_modality_the_answer_is_spoken_before_it_completes(smollm_ser
 
 def test_barge_in_cuts_the_answer_and_its_speech(start_server, tiny_text_model, question, tmp_path):
     server = start_server(tiny_text_model, wait="ready")
-    second = spoken("Stop. Tell me about Rome instead.", tmp_path)
+    second = spoken("Stop. Tell me about Rome instead.", tmp_path)  # greedy, the tiny model talks long
     with server.connect() as ws:
-        send(ws, {"type": "config", "id": "cfg", "maxOutputTokens": 4000, "history": True,
+        send(ws, {"type": "config", "id": "cfg", "maxOutputTokens": 4000, "history": True, "temperature": 0,
                   "responseModalities": ["TEXT", "AUDIO"]})
         assert receive(ws)["type"] == "config_updated"
         send_audio(ws, question, "c")
@@ -119,8 +120,10 @@ def test_barge_in_cuts_the_answer_and_its_speech(start_server, tiny_text_model, 
         after_cut = receive_until(ws, lambda m: m["type"] == "transcript", timeout=WAIT)
         send(ws, {"type": "cancel"})
         receive_until(ws, terminal_for(after_cut[-1]["id"]), timeout=WAIT)
-    assert rest[-1]["type"] == "response_complete" and rest[-1]["finish_reason"] == "interrupted"
+    summary = [(m["type"], m.get("id"), m.get("finish_reason")) for m in rest if m["type"] not in ("token", "audio")]
+    assert rest[-1]["type"] == "response_complete" and rest[-1]["finish_reason"] == "interrupted", summary
     assert rest[-1]["usage"]["completion_tokens"] < 4000
+    assert any(m["type"] == "token" for m in rest), "speech streamed out while later tokens were generated"
     assert any(m["type"] == "speech_started" for m in rest), "the second utterance was heard during the answer"
     assert not [m for m in after_cut if m.get("id") == first_id], "nothing of the cut answer after its end"
     assert after_cut[-1]["text"].startswith("Stop"), after_cut[-1]
@@ -172,3 +175,30 @@ def test_mlxd_ask_audio_sends_a_recorded_question(smollm_server, question, tmp_p
                           timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"> {QUESTION}\n{ANSWER}\n"
+
+
+def test_audio_to_a_server_without_speech_is_refused_naming_why(start_server, tiny_text_model):
+    server = start_server(tiny_text_model, "--stt-model", "none", "--tts-model", "none")
+    with server.connect() as ws:
+        send(ws, {"type": "audio_chunk", "id": "c1", "audio": base64.b64encode(b"\x00\x00" * 1600).decode()})
+        refused = receive(ws)
+        assert (refused["type"], refused["code"], refused["id"]) == ("error", "audio_unavailable", "c1")
+        assert "--stt-model none" in refused["error"], refused
+        send(ws, {"type": "config", "id": "v", "responseModalities": ["TEXT", "AUDIO"], "temperature": 0})
+        refused, configured = receive(ws), receive(ws)
+        assert (refused["code"], refused["id"]) == ("audio_unavailable", "v") and "--tts-model none" in refused["error"]
+        assert configured["current_config"]["responseModalities"] == ["TEXT"], "AUDIO did not take"
+        done = run_request(ws, {"type": "text_input", "content": "still there?", "id": "q"})[-1]
+    assert done["type"] == "response_complete"
+
+
+@pytest.mark.parametrize("args,words", [
+    ((), "give a QUESTION, or --audio FILE"),
+    (("hello", "--audio", "q.wav"), "give a QUESTION, or --audio FILE"),
+    (("--audio", "missing.wav"), "cannot read the audio"),
+    (("--audio", "README.md"), "is not a PCM16 WAV file"),
+])
+def test_mlxd_ask_audio_refuses_bad_input_before_connecting(args, words):
+    done = subprocess.run([sys.executable, "-m", "mlxd", "ask", *args, "--url", "ws://127.0.0.1:9"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and words in done.stderr, done.stderr

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import structlog
@@ -32,22 +32,9 @@ class AudioUnavailable(RuntimeError):
     """The model a call needs is turned off or failed to load; the message says which and why."""
 
 
-VadState = tuple[np.ndarray | None, np.ndarray]  # (LSTM state or None at the start, context samples)
-
-
-class Vad(Protocol):
-    window: int
-
-    def initial_state(self) -> VadState: ...
-    def probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]: ...
-
-
-class Stt(Protocol):
-    def transcribe(self, samples: np.ndarray) -> str: ...
-
-
-class Tts(Protocol):
-    def speak(self, text: str, voice: str | None) -> np.ndarray: ...
+# Silero's streaming state, kept by each VadStream between calls: (LSTM state, or None at the start; the
+# previous window's last samples, which the next window sees as context)
+VadState = tuple[np.ndarray | None, np.ndarray]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlxd.audio.models import VadState
+from mlxd.audio.models import VAD_WINDOW, VadState
 from mlxd.audio.worker import ThreadGuard
 from mlxd.model_cache import converted_folder, default_cache_root, package_file
 
@@ -24,7 +24,7 @@ PIP_COMMAND = "pip install --no-deps silero-vad==6.2.3"
 CONVERTER_VERSION = 1
 MARKER = "mlxd-converted.json"
 BRANCH = "vad_16k"
-WINDOW, CONTEXT = 512, 64  # samples per probability at 16 kHz, and the samples of the previous window it sees
+WINDOW, CONTEXT = VAD_WINDOW, 64  # samples per probability, and the previous window's samples it sees
 LSTM = "lstm_cell"
 
 

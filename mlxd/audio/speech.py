@@ -14,10 +14,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from mlxd.audio.pcm import OUTPUT_RATE, resample
 from mlxd.audio.wav import read_wav
 from mlxd.audio.worker import ThreadGuard
+
+log = structlog.get_logger("mlxd.audio")
 
 SYSTEM_ENGINES = ("espeak-ng", "flite")
 SYSTEM_COMMANDS = {
@@ -48,7 +51,9 @@ def system_engine() -> str | None:
 
 def run_engine(command: tuple[str, ...], text: str, output: bool = True) -> bytes:
     """Run a speech engine on `text` (given as a file), bounded in time and in what it writes."""
-    text = text[:MAX_TEXT_CHARS]
+    if len(text) > MAX_TEXT_CHARS:
+        log.warning("speech_text_cut", chars=len(text), spoken=MAX_TEXT_CHARS)
+        text = text[:MAX_TEXT_CHARS]
     timeout = BASE_TIMEOUT + SECONDS_PER_CHAR * len(text)
     with tempfile.TemporaryDirectory(prefix="mlxd-tts-") as folder:
         source, sink = Path(folder) / "text.txt", Path(folder) / "out"

@@ -68,11 +68,20 @@ class AudioWorker:
             raise AudioBusy(f"the audio thread has {self._jobs.maxsize} calls waiting already") from None
 
     def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `fn` on the audio thread; the returned future (of the running loop) gets its result."""
+        """Run `fn` on the audio thread; the returned future (of the running loop) gets its result.
+
+        Cancelling the future before the call starts skips it (a barge-in drops the sentences queued for
+        speech); a call already running finishes, and its result is dropped.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        cancelled = threading.Event()
+        future.add_done_callback(lambda f: cancelled.set() if f.cancelled() else None)
 
-        self.call_soon(fn, lambda result, error: _resolve(loop, future, result, error))
+        def run() -> T | None:
+            return None if cancelled.is_set() else fn()
+
+        self.call_soon(run, lambda result, error: _resolve(loop, future, result, error))
         return future
 
     def close(self, timeout: float = 5.0) -> None:

@@ -70,6 +70,7 @@ class Listener:
         self._on_speech_start = on_speech_start
         self._on_transcript = on_transcript
         self._inbox: deque[AudioInput | AudioMark | _Detection] = deque()
+        self._hearing = False  # an item is out of the inbox, being acted on
         self._backlog_samples = 0
         self._turns: deque[SpokenTurn] = deque()
         self._heard = asyncio.Event()
@@ -101,7 +102,7 @@ class Listener:
             self._heard.set()
 
     def idle(self) -> bool:
-        return not self._inbox and not self._turns
+        return not self._inbox and not self._hearing and not self._turns
 
     def close(self) -> None:
         for task in self._tasks:
@@ -116,6 +117,7 @@ class Listener:
                 await self._heard.wait()
                 continue
             item = self._inbox.popleft()
+            self._hearing = True
             try:
                 if isinstance(item, AudioInput):
                     await self._hear(item)
@@ -129,6 +131,8 @@ class Listener:
                 log.warning("listening_failed", error=str(exc))
                 self._emit(ErrorReport(errors.INTERNAL, f"listening failed: {exc}",
                                        getattr(item, "request_id", None)))
+            finally:
+                self._hearing = False
 
     async def _hear(self, chunk: AudioInput) -> None:
         samples = pcm16_to_float(chunk.pcm)

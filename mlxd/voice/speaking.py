@@ -96,6 +96,7 @@ class Speaker:
         self._remembered: OrderedDict[str, _Answer] = OrderedDict()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def tap(self, job: Job, voice: str | None) -> None:
         """Speak this job's answer: from now on its events pass through here, on the engine thread."""
@@ -153,11 +154,14 @@ class Speaker:
         return True
 
     def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
         self._answers.clear()
 
     def _begin(self, answer: _Answer) -> None:
+        if self._closed:  # the session is gone: nobody would hear it
+            return
         answer.begun = True
         self._answers.append(answer)
         self._remembered[answer.message_id] = answer

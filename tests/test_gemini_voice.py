@@ -142,6 +142,16 @@ def closed_by(server: tuple, blob: types.Blob) -> genai_errors.APIError:
     return refused.value
 
 
+def still_served(server: tuple) -> bool:
+    """A new session's text turn is answered to its end."""
+    async def script(session) -> list:
+        await session.send_realtime_input(text="Still there?")
+        return await answer(session)
+
+    return flags(converse(server, {"response_modalities": ["TEXT"], "max_output_tokens": 4}, script))[-1] == \
+        "turn_complete"
+
+
 @pytest.mark.parametrize("blob,named", [
     (types.Blob(data=b"\0" * 321, mime_type=MIME), "even number of bytes"),
     (types.Blob(data=b"\0" * 320, mime_type="audio/pcm;rate=96000"), "96000 Hz"),
@@ -151,13 +161,7 @@ def closed_by(server: tuple, blob: types.Blob) -> genai_errors.APIError:
 def test_bad_audio_closes_that_session_with_1007_and_the_server_carries_on(tiny_server, blob, named):
     refused = closed_by(tiny_server, blob)
     assert refused.code == 1007 and named in str(refused)
-
-    async def script(session) -> list:
-        await session.send_realtime_input(text="Still there?")
-        return await answer(session)
-
-    assert flags(converse(tiny_server, {"response_modalities": ["TEXT"], "max_output_tokens": 4}, script))[-1] == \
-        "turn_complete"
+    assert still_served(tiny_server)
 
 
 def test_audio_to_a_server_without_speech_input_is_refused_naming_why(tiny_text_model: Path, tmp_path: Path):
@@ -167,3 +171,4 @@ def test_audio_to_a_server_without_speech_input_is_refused_naming_why(tiny_text_
         with pytest.raises(genai_errors.APIError) as mute:
             converse(started, {"response_modalities": ["AUDIO"]}, answer)
         assert mute.value.code == 1008 and "AUDIO" in str(mute.value)
+        assert still_served(started), "text is still served"

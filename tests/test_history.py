@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import mlx_lm
+import pytest
 from mlx_lm.sample_utils import make_sampler
 
-from tests.helpers import receive, run_request, send
+from tests.helpers import REPO, ServerProcess, image_b64, receive, run_request, send
 
 
 def ask(ws, content: str, request_id: str) -> dict:
@@ -67,16 +74,48 @@ def test_the_conversation_stays_within_its_token_budget(start_server, tiny_text_
     assert max(prompts) <= 120
 
 
-def test_a_vision_conversation_keeps_its_image_and_reuses_the_cache_for_text_follow_ups(vision_server,
+# OpenBLAS picks its kernels by matrix shape, so a prefill of the new turn alone rounds differently from a
+# prefill of the whole conversation, and a random-weight model's greedy near-ties can flip. The vision
+# comparisons therefore run both sides on the reference BLAS, the reference in a process of its own.
+COLD_VISION_RUN = """
+import json, sys
+import mlx_vlm
+from mlx_lm.sample_utils import make_sampler
+from mlxd.media import decode_image
+model_path, messages, images, max_tokens = json.loads(sys.stdin.read())
+model, processor = mlx_vlm.load(model_path)
+prompt = mlx_vlm.apply_chat_template(processor, model.config, messages, num_images=len(images))
+pictures = [decode_image(image, max_bytes=10**7, max_pixels=10**8, max_side=768) for image in images]
+results = list(mlx_vlm.stream_generate(model, processor, prompt, image=pictures, max_tokens=max_tokens,
+                                       sampler=make_sampler(0.0)))
+print(json.dumps(["".join(r.text for r in results), results[-1].prompt_tokens]))
+"""
+
+
+def cold_vision_greedy(model_path, messages: list[dict], images: list[str], max_tokens: int) -> tuple[str, int]:
+    """The answer and prompt length of a cold run of the whole conversation, on the reference BLAS."""
+    done = subprocess.run([sys.executable, "-c", COLD_VISION_RUN], input=json.dumps(
+        [str(model_path), messages, images, max_tokens]), capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "MLXD_BLAS": "reference"}, check=True)
+    text, prompt_tokens = json.loads(done.stdout.strip().splitlines()[-1])
+    return text, prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def exact_vision_server(tiny_vision_model, tmp_path_factory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tiny_vision_model, log_path=tmp_path_factory.mktemp("server") / "server.log",
+                           env={"MLXD_BLAS": "reference"})
+    try:
+        server.wait_state("ready")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_vision_conversation_keeps_its_image_and_reuses_the_cache_for_text_follow_ups(exact_vision_server,
                                                                                      tiny_vision_model):
-    import mlx_vlm
-    from mlx_vlm import apply_chat_template
-
-    from mlxd.media import decode_image
-    from tests.helpers import image_b64
-
     image = image_b64(96, 64, "PNG")
-    with vision_server.connect() as ws:
+    with exact_vision_server.connect() as ws:
         send(ws, {"type": "config", "history": True, "temperature": 0, "maxOutputTokens": 8, "max_tokens_image": 8})
         receive(ws)
         first = run_request(ws, {"type": "image_input", "image": image, "prompt": "What is this?", "id": "i"})[-1]
@@ -84,26 +123,16 @@ def test_a_vision_conversation_keeps_its_image_and_reuses_the_cache_for_text_fol
     assert second["usage"]["cached_tokens"] > 0
     assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
 
-    model, processor = mlx_vlm.load(str(tiny_vision_model))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
                 {"role": "assistant", "content": first["full_text"]},
                 {"role": "user", "content": "And its colour?"}]
-    prompt = apply_chat_template(processor, model.config, messages, num_images=1)
-    picture = decode_image(image, max_bytes=10**7, max_pixels=10**8, max_side=768)
-    cold = "".join(r.text for r in mlx_vlm.stream_generate(model, processor, prompt, image=[picture], max_tokens=8,
-                                                           sampler=make_sampler(0.0)))
+    cold, _ = cold_vision_greedy(tiny_vision_model, messages, [image], 8)
     assert second["full_text"] == cold
 
 
-def test_a_new_image_in_a_conversation_prefills_only_the_new_turn(vision_server, tiny_vision_model):
-    import mlx_vlm
-    from mlx_vlm import apply_chat_template
-
-    from mlxd.media import decode_image
-    from tests.helpers import image_b64
-
+def test_a_new_image_in_a_conversation_prefills_only_the_new_turn(exact_vision_server, tiny_vision_model):
     first_image, second_image = image_b64(96, 64, "PNG"), image_b64(40, 80, "JPEG")
-    with vision_server.connect() as ws:
+    with exact_vision_server.connect() as ws:
         send(ws, {"type": "config", "history": True, "temperature": 0, "max_tokens_image": 8})
         receive(ws)
         first = run_request(ws, {"type": "image_input", "image": first_image, "prompt": "What is this?",
@@ -112,14 +141,9 @@ def test_a_new_image_in_a_conversation_prefills_only_the_new_turn(vision_server,
     assert second["type"] == "response_complete", second
     assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
 
-    model, processor = mlx_vlm.load(str(tiny_vision_model))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
                 {"role": "assistant", "content": first["full_text"]},
                 {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And now?"}]}]
-    prompt = apply_chat_template(processor, model.config, messages, num_images=2)
-    pictures = [decode_image(image, max_bytes=10**7, max_pixels=10**8, max_side=768)
-                for image in (first_image, second_image)]
-    cold = [r for r in mlx_vlm.stream_generate(model, processor, prompt, image=pictures, max_tokens=8,
-                                               sampler=make_sampler(0.0))]
-    assert second["usage"]["prompt_tokens"] == cold[-1].prompt_tokens
-    assert second["full_text"] == "".join(r.text for r in cold), "as a cold prefill of the whole conversation"
+    cold, prompt_tokens = cold_vision_greedy(tiny_vision_model, messages, [first_image, second_image], 8)
+    assert second["usage"]["prompt_tokens"] == prompt_tokens
+    assert second["full_text"] == cold, "as a cold prefill of the whole conversation"

@@ -73,6 +73,24 @@ def test_the_spoken_question_is_heard_transcribed_and_answered_in_text(voice_ser
 
 
 @pytest.mark.slow
+def test_push_to_talk_a_commit_then_response_create_answers_the_spoken_turn(voice_server, question):
+    async def scenario(rt: Realtime) -> None:
+        await rt.setup(temperature=0, max_output_tokens=40,
+                       audio={"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}})
+        await say(rt, question)
+        await rt.connection.input_audio_buffer.commit()
+        await rt.connection.response.create()  # at once: the turn is still being transcribed
+        events = await rt.until("response.done", timeout=240)
+        kinds = [event.type for event in events]
+        assert "input_audio_buffer.speech_started" not in kinds, "the client marks its turns"
+        assert kinds.index("conversation.item.input_audio_transcription.completed") < kinds.index("response.created")
+        response = events[-1].response
+        assert response.status == "completed" and response.output[0].content[0].text.strip() == ANSWER
+
+    run(scenario, voice_server, timeout=300)
+
+
+@pytest.mark.slow
 def test_audio_output_streams_audio_deltas_with_the_transcript(voice_server, question):
     async def scenario(rt: Realtime) -> None:
         await rt.setup(temperature=0, max_output_tokens=40, output_modalities=["audio"], audio=TRANSCRIBED)

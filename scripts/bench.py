@@ -20,8 +20,9 @@ Sections (all by default, or pick with --only):
             --model): TTFT and tok/s ratios, the warm second turn, the frame loop's answered-frame age
             (scripts/bench_realtime.py)
   voice     in one process on the embedded stack (SmolLM2, Silero, Whisper tiny.en, the system TTS): end of
-            speech to the first audio sample, split into VAD hangover, STT, LLM first sentence and TTS; each
-            model's real-time factor; whether the audio and engine threads overlap (scripts/bench_voice.py)
+            speech to the first audio sample, split into VAD hangover, STT, LLM first sentence and TTS (STT
+            after the turn ends, and speculatively during the hangover); each model's real-time factor;
+            whether the audio and engine threads overlap (scripts/bench_voice.py)
 
 Figures are medians; compare ratios, not absolute numbers, on a machine this noisy.
 

@@ -4,7 +4,8 @@ SmolLM2-135M on an engine thread, Silero VAD + Whisper tiny.en + the system spee
 (mlxd's AudioModels), a flite question streamed in real time in 20 ms chunks as a microphone would:
   - latency from the end of speech (the question's last loud sample) to the first sample of the spoken answer,
     split into VAD hangover (server_vad: 500 ms of silence ends the turn), STT, the LLM's time to its first
-    sentence (and to its first token), and TTS of that sentence;
+    sentence (and to its first token), and TTS of that sentence; once with STT after the turn ends, and once
+    with STT started speculatively at the first silent window, during the hangover (a session could do that);
   - the real-time factor of each model (compute seconds per second of audio);
   - whether the audio thread and the engine thread overlap: SmolLM2 decode tokens/s and a transcription's time,
     each alone and both at once.
@@ -89,34 +90,43 @@ class Answer:
         return (self.text[:end.end()] if end else self.text).strip()
 
 
-async def stream_question(audio: AudioModels, speech: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """Send `speech` in real time; return the wall time at which server_vad ends the turn, the turn's audio
-    (with its prefix padding), and the wall time of the question's last loud sample."""
+async def stream_question(audio: AudioModels, speech: np.ndarray, speculative: bool
+                          ) -> tuple[float, asyncio.Future[str], float]:
+    """Send `speech` in real time; return the wall time at which server_vad ends the turn, the transcription
+    of the turn's audio (with its prefix padding) and the wall time of the question's last loud sample.
+
+    Speculative: the transcription starts at the first silent window, while the 500 ms of silence that end
+    the turn are still being heard; speech resuming would discard it (it does not, in this question).
+    """
     vad = audio.vad_stream()
     offset = np.flatnonzero(np.abs(speech) > LOUD)[-1] / SPEECH_RATE
     started = time.perf_counter()
-    windows, start, silent = 0, None, 0
+    windows, start, silent, early = 0, None, 0, None
     for i in range(0, speech.size, CHUNK):
         await asyncio.sleep(max(0.0, started + i / SPEECH_RATE - time.perf_counter()))
         for p in await vad.probabilities(speech[i:i + CHUNK]):
             windows += 1
             if p >= THRESHOLD:
                 start = windows - 1 if start is None else start
-                silent = 0
-            elif start is not None:
-                silent += 1
-                if silent * vad.window * 1000 / SPEECH_RATE >= SILENCE_MS:
-                    first = max(0, start * vad.window - PREFIX_MS * SPEECH_RATE // 1000)
-                    return time.perf_counter(), speech[first:(windows - silent) * vad.window], started + offset
+                silent, early = 0, None
+                continue
+            if start is None:
+                continue
+            silent += 1
+            turn = speech[max(0, start * vad.window - PREFIX_MS * SPEECH_RATE // 1000):(windows - silent) * vad.window]
+            if speculative and early is None:
+                early = asyncio.ensure_future(audio.transcribe(turn))
+            if silent * vad.window * 1000 / SPEECH_RATE >= SILENCE_MS:
+                return time.perf_counter(), early or asyncio.ensure_future(audio.transcribe(turn)), started + offset
     raise RuntimeError("the VAD never saw the question end")
 
 
-def cascade(audio: AudioModels, engine: Engine, speech: np.ndarray) -> dict[str, Any]:
+def cascade(audio: AudioModels, engine: Engine, speech: np.ndarray, speculative: bool = False) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        ended, turn, spoken_end = await stream_question(audio, speech)
+        ended, transcription, spoken_end = await stream_question(audio, speech, speculative)
         t = time.perf_counter()
-        text = await audio.transcribe(turn)
-        stt = time.perf_counter() - t
+        text = await transcription
+        stt = time.perf_counter() - t  # after the end of the turn: all of it, or what speculation left
         assert text == QUESTION, text
         t = time.perf_counter()
         answer = await asyncio.wrap_future(engine.answer(text, 64, first_sentence_only=True))
@@ -191,15 +201,16 @@ def voice(runs: int, tokens: int) -> None:
     for role, slot in audio.describe().items():
         print(f"  {role}: {slot['model']} ({slot['source']}; {slot['reason']}) {slot['state']}")
     cascade(audio, engine, speech)  # warm-up: first calls import and allocate
-    results = [cascade(audio, engine, speech) for _ in range(runs)]
-    print(f"  answer: {results[0]['answer']!r}")
-    print(f"  end of speech -> first audio sample, median of {runs}:")
-    for key, label in (("hangover", "VAD hangover (500 ms of silence + VAD compute)"), ("stt", "STT"),
-                       ("llm_sentence", "LLM to the first sentence"), ("tts", "TTS of that sentence"),
-                       ("total", "total")):
-        print(f"    {label:48s} {statistics.median(r[key] for r in results):6.3f} s")
-    print(f"    (LLM time to first token {statistics.median(r['llm_first_token'] for r in results):.3f} s; "
-          f"the issue measured 5.1 s end to end on this CPU)")
+    for speculative in (False, True):
+        results = [cascade(audio, engine, speech, speculative) for _ in range(runs)]
+        how = ("speculative: STT starts at the first silent window, during the hangover" if speculative
+               else "sequential: STT starts when the turn ends")
+        print(f"  end of speech -> first audio sample, {how}; answer {results[0]['answer']!r}")
+        for r in results:
+            print("    " + ", ".join(f"{key} {r[key]:.3f}" for key in
+                                     ("hangover", "stt", "llm_first_token", "llm_sentence", "tts", "total")) + " s")
+        print(f"    median total {statistics.median(r['total'] for r in results):.3f} s; the issue measured 5.1 s "
+              f"end to end on this CPU")
     factors = real_time_factors(audio, speech)
     print("  real-time factors (compute s per audio s): " + ", ".join(f"{k} {v:.3f}" for k, v in factors.items()))
     both = overlap(audio, engine, speech, tokens)

@@ -111,6 +111,20 @@ def test_whisper_tiny_en_transcribes_flite_exactly(models: AudioModels, speech: 
           f"(real-time factor {elapsed / (speech.size / SPEECH_RATE):.2f})")
 
 
+def test_vad_is_served_between_the_steps_of_a_transcription(models: AudioModels, speech: np.ndarray) -> None:
+    stream = models.vad_stream()
+
+    async def both() -> tuple[bool, str]:
+        transcription = asyncio.ensure_future(models.transcribe(speech))
+        await asyncio.sleep(0.05)  # the transcription has started on the audio thread
+        await stream.probabilities(speech[:stream.window])
+        return transcription.done(), await transcription
+
+    finished_first, text = run(both())
+    assert not finished_first  # turn detection and barge-in do not wait for another session's transcript
+    assert text == QUESTION
+
+
 def test_system_speech_speaks_at_24khz(models: AudioModels) -> None:
     started = time.monotonic()
     short = run(models.speak("Paris."))

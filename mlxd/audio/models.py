@@ -203,7 +203,7 @@ class VadStream:
                 vad = slot.ready()
                 return vad.probabilities(windows, state if state is not None else vad.initial_state())
 
-            probabilities, state = await self._models.worker.submit(run)
+            probabilities, state = await self._models.worker.submit(run, urgent=True)
             if epoch == self._epoch:
                 self._state = state
             return probabilities

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>, one per 20 ms
 N_MELS = 80  # every Whisper but large-v3 (128), whose vocabulary is one token longer
 SPECIAL = "<|endoftext|>"
 WINDOW_SAMPLES = 30 * 16000  # what one encoder pass hears
+Steps = Generator[None, None, str]
 
 ATTENTION = {"self_attention": "attn", "attention": "cross_attn"}
 FFN = {"layer_norm": "mlp_ln", "linear_0": "mlp1", "linear_1": "mlp2"}
@@ -187,23 +189,30 @@ class WhisperStt:
             first[[self.eot, *tokenizer.encode(" ")]] = -np.inf
             self.suppress, self.suppress_first = mx.array(suppress), mx.array(first)
 
-    def transcribe(self, samples: np.ndarray) -> str:
+    def transcribe(self, samples: np.ndarray) -> Steps:
+        """The transcript, as steps the audio thread runs (other sessions' VAD goes between them)."""
         self.guard.check()
-        if self.model.is_multilingual:
-            result = self.model.generate(samples, temperature=0.0, condition_on_previous_text=False,
-                                         verbose=None, fp16=not self.float32)
-            return result.text.strip()
-        texts = [self._window(samples[start:start + WINDOW_SAMPLES])
-                 for start in range(0, max(samples.size, 1), WINDOW_SAMPLES)]
+        return self._multilingual(samples) if self.model.is_multilingual else self._english(samples)
+
+    def _multilingual(self, samples: np.ndarray) -> Steps:
+        yield  # VAD calls already waiting go first: the call below is one long step
+        result = self.model.generate(samples, temperature=0.0, condition_on_previous_text=False,
+                                     verbose=None, fp16=not self.float32)
+        return result.text.strip()
+
+    def _english(self, samples: np.ndarray) -> Steps:
+        texts = []
+        for start in range(0, max(samples.size, 1), WINDOW_SAMPLES):
+            texts.append((yield from self._window(samples[start:start + WINDOW_SAMPLES])))
         return " ".join(t for t in texts if t)
 
-    def _window(self, samples: np.ndarray) -> str:
+    def _window(self, samples: np.ndarray) -> Steps:
         """Greedy decoding of up to 30 s of audio (Whisper's window), bounded by the decoder's context."""
         import mlx.core as mx
         from mlx_audio.stt.models.whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
         mel = log_mel_spectrogram(mx.array(samples), n_mels=self.model.dims.n_mels, padding=N_SAMPLES)
-        features = self.model.encoder(mel[None, :N_FRAMES].astype(self.model.dtype))
+        features = yield from self._encode(mel[None, :N_FRAMES].astype(self.model.dtype))
         tokens: list[int] = []
         step, cache = mx.array([self.prompt]), None
         for _ in range(self.model.dims.n_text_ctx // 2 - len(self.prompt)):
@@ -214,7 +223,21 @@ class WhisperStt:
                 break
             tokens.append(token)
             step = mx.array([[token]])
+            yield
         return self.decode(tokens).strip()
+
+    def _encode(self, mel: Any) -> Generator[None, None, Any]:
+        """mlx-audio's AudioEncoder.__call__, evaluated block by block so that the thread can step it."""
+        import mlx.core as mx
+        import mlx.nn as nn
+
+        encoder = self.model.encoder
+        x = nn.gelu(encoder.conv2(nn.gelu(encoder.conv1(mel)))) + encoder._positional_embedding
+        for block in encoder.blocks:
+            mx.eval(x)
+            yield
+            x, _, _ = block(x)
+        return encoder.ln_post(x)
 
 
 def load_embedded(cache_root: Path | None = None) -> WhisperStt:

@@ -15,8 +15,12 @@ from mlxd.generation import GenerationConfig
 
 @dataclass(frozen=True)
 class ResponseStarted:
+    """An answer began; `answer_id` is the message it is recorded as, which names the answer to a client that
+    did not ask for it (OpenAI's item of a response that server VAD created)."""
+
     request_id: str | None
     input_type: str
+    answer_id: str | None = None
 
 
 @dataclass(frozen=True)

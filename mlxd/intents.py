@@ -176,6 +176,8 @@ class AudioMark:
 
     kind: Literal["start", "end", "commit", "clear"]
     request_id: str | None = None
+    respond: bool = True  # False: the turn is only added to the conversation (OpenAI's commit; a
+    # response.create asks)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,8 @@ class Session:
         if isinstance(intent, (TextInput, ImageInput)):
             self._accept(intent)
         elif isinstance(intent, Respond):
-            self._respond(intent)
+            if intent.out_of_band or not self.voice.after_turns(lambda: self._respond(intent)):
+                self._respond(intent)
         elif isinstance(intent, OfferFrame):
             self._offer_frame(intent.data)
         elif isinstance(intent, AddMessages):

@@ -73,7 +73,7 @@ def test_every_path_answers_a_turn(text_server, path):
     ({"setup": {}, "realtimeInput": {}}, 1007, "exactly one of"),
     ({"unknownThing": {}}, 1007, "exactly one of"),
     ({"setup": {"generationConfig": {"temperature": 5}}}, 1007, "temperature"),
-    ({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}, 1008, "audio"),
+    ({"setup": {"generationConfig": {"responseModalities": ["TEXT", "AUDIO"]}}}, 1007, "responseModalities"),
 ])
 def test_a_bad_first_message_closes_with_a_reason_naming_it(text_server, first, code, named):
     with text_server.connect(PATH) as ws:

@@ -12,20 +12,46 @@ from hypothesis import strategies as st
 
 from mlxd.dialogue import Message, Part
 from mlxd.errors import ClientError
-from mlxd.events import ConfigUpdated, ErrorReport, FrameDropped, ResponseCompleted, ResponseStarted, TokenText
+from mlxd.events import (
+    AudioOut,
+    ConfigUpdated,
+    ErrorReport,
+    FrameDropped,
+    InputTranscript,
+    ResponseCompleted,
+    ResponseStarted,
+    SpeechStarted,
+    TokenText,
+)
 from mlxd.generation import GenerationConfig
-from mlxd.intents import AddMessages, ConfigUpdate, Interrupt, OfferFrame, Respond, SetInstructions
-from mlxd.protocols.base import MAX_CLOSE_REASON_BYTES, Close
+from mlxd.intents import (
+    MAX_AUDIO_CHUNK_BYTES,
+    AddMessages,
+    AudioInput,
+    AudioMark,
+    ConfigUpdate,
+    Interrupt,
+    OfferFrame,
+    Respond,
+    SetInstructions,
+    SetVoice,
+    TurnDetection,
+    VoiceSettings,
+)
+from mlxd.protocols.base import MAX_CLOSE_REASON_BYTES, AudioRefusals, Close
 from mlxd.protocols.gemini_live import GeminiLiveWire
 from mlxd.settings import Settings
 from tests.helpers import encoded_image
 
 JPEG = encoded_image(8, 8)
 URLSAFE = base64.urlsafe_b64encode(JPEG).decode()
+HEARD = AudioRefusals(stt_refusal=None, tts_refusal=None)  # the server has its audio models
+PCM = bytes(range(256)) * 4  # 512 samples
+MIC = {"data": base64.urlsafe_b64encode(PCM).decode().rstrip("="), "mimeType": "audio/pcm;rate=16000"}
 
 
-def wire(setup: dict | None = None, max_text_chars: int = 1000) -> GeminiLiveWire:
-    gemini = GeminiLiveWire(Settings(max_text_chars=max_text_chars))
+def wire(setup: dict | None = None, max_text_chars: int = 1000, audio=HEARD) -> GeminiLiveWire:
+    gemini = GeminiLiveWire(Settings(max_text_chars=max_text_chars), audio)
     gemini.parse(json.dumps({"setup": {"model": "models/gemini-2.0-flash-live-001", **(setup or {})}}))
     return gemini
 
@@ -53,7 +79,7 @@ def test_setup_maps_generation_config_in_either_spelling_and_acknowledges_once()
         "contextWindowCompression": {"slidingWindow": {}}, "proactivity": {}, "sessionResumption": {},
         "inputAudioTranscription": {}, "outputAudioTranscription": {}, "somethingNew": 1}}
     instructions, update = parse(gemini, setup)
-    assert instructions == SetInstructions("Be brief.\nBe kind.")
+    assert instructions == SetInstructions("Be brief.\nBe kind."), "no voice to set: this server has no audio"
     assert update == ConfigUpdate(None, {"temperature": 0.0, "top_k": 5, "top_p": 0.5, "max_tokens": 7,
                                          "presence_penalty": 0.1, "frequency_penalty": -0.1})
     event = ConfigUpdated(update.changes, GenerationConfig())
@@ -74,7 +100,12 @@ def test_setup_maps_generation_config_in_either_spelling_and_acknowledges_once()
     ({"setup": {"generationConfig": {"candidateCount": 2}}}, 1007, "candidateCount"),
     ({"setup": {"generationConfig": {"maxOutputTokens": "many"}}}, 1007, "maxOutputTokens"),
     ({"setup": {"generationConfig": {"responseModalities": ["IMAGE"]}}}, 1007, "responseModalities"),
-    ({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}, 1008, "audio is not supported"),
+    ({"setup": {"generationConfig": {"responseModalities": ["AUDIO"]}}}, 1008, "AUDIO: this server has no audio"),
+    ({"setup": {"generationConfig": {"responseModalities": ["TEXT", "AUDIO"]}}}, 1007, '["TEXT"] or ["AUDIO"]'),
+    ({"setup": {"realtimeInputConfig": {"automaticActivityDetection": {"silenceDurationMs": -1}}}}, 1007,
+     "silenceDurationMs"),
+    ({"setup": {"realtimeInputConfig": {"automaticActivityDetection": {"startOfSpeechSensitivity": "MAX"}}}},
+     1007, "startOfSpeechSensitivity"),
     ({"setup": {"tools": [{"functionDeclarations": [{"name": "f"}]}]}}, 1008, "function calling"),
     ({"setup": {"sessionResumption": {"handle": "abc"}}}, 1008, "not resumable"),
     ({"setup": {"realtimeInputConfig": {"activityHandling": "SOMETIMES"}}}, 1007, "activityHandling"),
@@ -82,15 +113,21 @@ def test_setup_maps_generation_config_in_either_spelling_and_acknowledges_once()
     ({"setup": {"generationConfig": []}}, 1007, "generationConfig: must be an object"),
 ])
 def test_bad_setups_close_the_connection_naming_the_problem(message, code, named):
-    assert refusal(GeminiLiveWire(Settings(max_text_chars=1000)), message)[0] == code
+    assert refusal(GeminiLiveWire(Settings(max_text_chars=1000)), message)[0] == code, "no audio models here"
     assert named in refusal(GeminiLiveWire(Settings(max_text_chars=1000)), message)[1]
 
 
 @pytest.mark.parametrize("message,code,named", [
     ({"setup": {}}, 1007, "setup was already sent"),
     ({"toolResponse": {"functionResponses": [{"id": "x", "name": "f", "response": {}}]}}, 1008, "toolResponse"),
-    ({"realtimeInput": {"audio": {"data": "AAE=", "mimeType": "audio/pcm;rate=16000"}}}, 1008, "audio"),
-    ({"realtimeInput": {"mediaChunks": [{"data": "AAE=", "mime_type": "audio/pcm"}]}}, 1008, "audio"),
+    ({"realtimeInput": {"audio": {"data": "AAEC", "mimeType": "audio/pcm;rate=16000"}}}, 1007, "even number"),
+    ({"realtimeInput": {"audio": {"data": "AAE=", "mimeType": "audio/pcm;rate=96000"}}}, 1007, "96000 Hz"),
+    ({"realtimeInput": {"audio": {"data": "AAE=", "mimeType": "audio/pcm;rate=fast"}}}, 1007, "whole number"),
+    ({"realtimeInput": {"audio": {"data": "AAE=", "mimeType": "audio/mp3"}}}, 1007, "audio/pcm;rate=N"),
+    ({"realtimeInput": {"audio": {"data": "!!", "mimeType": "audio/pcm"}}}, 1007, "realtimeInput.audio.data"),
+    ({"realtimeInput": {"mediaChunks": [{"data": base64.b64encode(b"\0" * (MAX_AUDIO_CHUNK_BYTES + 2)).decode(),
+                                         "mime_type": "audio/pcm"}]}}, 1007, "over the limit"),
+    ({"clientContent": {"turns": [{"parts": [{"inlineData": MIC}]}]}}, 1008, "realtimeInput.audio"),
     ({"realtimeInput": {"video": {"data": "AAE=", "mimeType": "text/plain"}}}, 1007, "not an image type"),
     ({"realtimeInput": {"video": {"data": "!!!", "mimeType": "image/jpeg"}}}, 1007, "realtimeInput.video.data"),
     ({"realtimeInput": {"activityStart": {}}}, 1007, "automatic activity detection is on"),
@@ -132,12 +169,12 @@ def test_realtime_text_asks_at_once_and_frames_are_context_in_any_base64():
     added, respond = parse(gemini, {"realtimeInput": {"text": "What now?"}})
     assert added == AddMessages((Message("user", (Part(text="What now?"),)),), pending=True)
     assert isinstance(respond, Respond)
-    assert parse(gemini, {"realtimeInput": {"audioStreamEnd": True}}) == [], "harmless alone"
+    assert parse(gemini, {"realtimeInput": {"audioStreamEnd": True}}) == [AudioMark("end")], "it flushes"
 
 
 def test_with_activity_detection_off_an_activity_is_one_turn_answered_at_its_end():
     gemini = wire({"realtime_input_config": {"automatic_activity_detection": {"disabled": True}}})
-    assert parse(gemini, {"realtimeInput": {"activityStart": {}}}) == [Interrupt()]
+    assert parse(gemini, {"realtimeInput": {"activityStart": {}}}) == [Interrupt(), AudioMark("start")]
     (added,) = parse(gemini, {"realtimeInput": {"text": "part one"}})
     assert added.pending
     assert parse(gemini, {"realtimeInput": {"video": {"data": URLSAFE, "mimeType": "image/jpeg"}}}) == [
@@ -146,10 +183,79 @@ def test_with_activity_detection_off_an_activity_is_one_turn_answered_at_its_end
     assert isinstance(respond, Respond)
 
 
+def test_the_setup_sets_the_voice_modality_transcriptions_and_activity_detection():
+    gemini = GeminiLiveWire(Settings(), HEARD)
+    setup = {"setup": {"generationConfig": {"responseModalities": ["audio"], "speechConfig": {"voiceConfig": {
+        "prebuiltVoiceConfig": {"voiceName": "Puck"}}}}, "inputAudioTranscription": {},
+        "realtimeInputConfig": {"automaticActivityDetection": {"prefixPaddingMs": 100, "silence_duration_ms": "800",
+                                                               "startOfSpeechSensitivity": "START_SENSITIVITY_HIGH",
+                                                               "endOfSpeechSensitivity": "END_SENSITIVITY_LOW"}}}}
+    _, voice, _ = parse(gemini, setup)
+    assert voice == SetVoice(VoiceSettings(TurnDetection(0.3, 100, 800), input_transcription=True,
+                                           output_audio=True, voice="Puck"))
+    (_, voice, _) = parse(GeminiLiveWire(Settings(), HEARD), {"setup": {"realtimeInputConfig": {
+        "activityHandling": "NO_INTERRUPTION", "automaticActivityDetection": {"disabled": True}}}})
+    assert voice == SetVoice(VoiceSettings(None)), "text answers, the client marks turns"
+    (_, voice, _) = parse(GeminiLiveWire(Settings(), HEARD), {"setup": {"realtimeInputConfig": {
+        "activityHandling": "NO_INTERRUPTION"}}})
+    assert voice.settings.turn_detection == TurnDetection(interrupt_response=False)
+
+
+def test_microphone_audio_in_either_field_and_alphabet_goes_to_the_session():
+    gemini = wire()
+    assert parse(gemini, {"realtimeInput": {"audio": MIC}}) == [AudioInput(PCM, 16000)]
+    standard = {"data": base64.b64encode(PCM).decode(), "mime_type": "audio/pcm; rate=24000"}
+    assert parse(gemini, {"realtime_input": {"media_chunks": [standard, {"data": URLSAFE, "mimeType": "image/jpeg"}]}}
+                 ) == [AudioInput(PCM, 24000), OfferFrame(JPEG)]
+    assert parse(gemini, {"realtimeInput": {"audio": {"data": MIC["data"], "mimeType": "audio/pcm"}}}) == [
+        AudioInput(PCM, 16000)], "16 kHz unless the mimeType says otherwise"
+
+
+def test_without_speech_input_audio_is_refused_naming_the_reason():
+    deaf = AudioRefusals(stt_refusal="speech input is turned off (--stt-model none)", tts_refusal=None)
+    assert refusal(wire(audio=deaf), {"realtimeInput": {"audio": MIC}}) == (
+        1008, "realtimeInput.audio: speech input is turned off (--stt-model none)")
+    assert refusal(wire(audio=deaf), {"realtimeInput": {"mediaChunks": [MIC]}})[0] == 1008
+    (_, voice, _) = parse(GeminiLiveWire(Settings(), deaf), {"setup": {"generationConfig": {
+        "responseModalities": ["AUDIO"]}}})
+    assert voice.settings.output_audio, "it can still answer aloud"
+    assert parse(wire(audio=deaf), {"realtimeInput": {"audioStreamEnd": True}}) == [], "nothing was heard"
+    manual = wire({"realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}}}, audio=deaf)
+    assert parse(manual, {"realtimeInput": {"activityStart": {}}}) == [Interrupt()], "text activity only"
+    assert isinstance(parse(manual, {"realtimeInput": {"activityEnd": {}}})[0], Respond)
+
+
+def test_with_activity_detection_off_a_spoken_activity_is_a_turn_the_session_transcribes():
+    gemini = wire({"realtimeInputConfig": {"automaticActivityDetection": {"disabled": True}}})
+    assert parse(gemini, {"realtimeInput": {"activityStart": {}}}) == [Interrupt(), AudioMark("start")]
+    assert parse(gemini, {"realtimeInput": {"audio": MIC}}) == [AudioInput(PCM, 16000)]
+    assert parse(gemini, {"realtimeInput": {"activityEnd": {}}}) == [AudioMark("end")], "no Respond: the turn asks"
+    assert parse(gemini, {"realtimeInput": {"audioStreamEnd": True}}) == [], "activity marks the turns"
+
+
+def test_a_spoken_answer_is_audio_parts_and_its_text_an_output_transcription():
+    gemini = wire({"generationConfig": {"responseModalities": ["AUDIO"]}, "outputAudioTranscription": {},
+                   "inputAudioTranscription": {}})
+    assert gemini.encode(SpeechStarted("item-1", 120)) == [], "Gemini has no speech events"
+    assert decoded(gemini.encode(InputTranscript("item-1", "What is the capital of France?"))) == [
+        {"serverContent": {"inputTranscription": {"text": "What is the capital of France?", "finished": True}}}]
+    assert decoded(gemini.encode(TokenText("gemini-1", "Paris"))) == [
+        {"serverContent": {"outputTranscription": {"text": "Paris", "finished": False}}}]
+    (audio,) = decoded(gemini.encode(AudioOut("gemini-1", PCM)))
+    (part,) = audio["serverContent"]["modelTurn"]["parts"]
+    assert part["inlineData"]["mimeType"] == "audio/pcm;rate=24000"
+    assert base64.b64decode(part["inlineData"]["data"]) == PCM
+    silent = wire({"generationConfig": {"responseModalities": ["AUDIO"]}})
+    assert silent.encode(TokenText("gemini-1", "Paris")) == [], "no outputAudioTranscription: audio only"
+    assert silent.encode(InputTranscript("item-1", "Hi")) == [], "no inputAudioTranscription"
+    assert decoded(wire().encode(TokenText("gemini-1", "Paris")))[0]["serverContent"]["modelTurn"]["parts"] == [
+        {"text": "Paris"}], "TEXT answers are text parts"
+
+
 def test_no_interruption_makes_new_input_wait_for_the_running_answer():
     gemini = wire({"realtimeInputConfig": {"activityHandling": "NO_INTERRUPTION",
                                            "automaticActivityDetection": {"disabled": True}}})
-    assert parse(gemini, {"realtimeInput": {"activityStart": {}}}) == []
+    assert parse(gemini, {"realtimeInput": {"activityStart": {}}}) == [AudioMark("start")]
     assert parse(gemini, {"clientContent": {"turns": [{"parts": [{"text": "hi"}]}]}})[0].pending
     (respond,) = parse(gemini, {"clientContent": {"turnComplete": True}})
     assert respond.when_busy == "wait"
@@ -211,6 +317,11 @@ VALID = [
     {"realtimeInput": {"text": "t", "video": {"data": URLSAFE, "mimeType": "image/jpeg"}, "activityStart": {},
                        "activityEnd": {}, "mediaChunks": [{"data": URLSAFE, "mimeType": "image/png"}]}},
     {"contextUpdate": {"systemInstruction": {"parts": [{"text": "s"}]}, "tools": {"tools": []}}},
+    {"realtimeInput": {"audio": MIC, "mediaChunks": [MIC], "audioStreamEnd": True}},
+    {"setup": {"generationConfig": {"responseModalities": ["AUDIO"], "speechConfig": {"voiceConfig": {
+        "prebuiltVoiceConfig": {"voiceName": "Puck"}}}}, "inputAudioTranscription": {}, "outputAudioTranscription": {},
+        "realtimeInputConfig": {"automaticActivityDetection": {"prefixPaddingMs": 100, "silenceDurationMs": 500,
+                                                               "startOfSpeechSensitivity": "START_SENSITIVITY_LOW"}}}},
 ]
 ANYTHING = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
                         lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=8), inner,

@@ -3,6 +3,7 @@ against the openai SDK's own pydantic union `RealtimeServerEvent` (as openai-age
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -13,30 +14,55 @@ from mlxd import errors
 from mlxd.dialogue import Message, Part
 from mlxd.errors import ClientError
 from mlxd.events import (
+    AnswerTruncated,
+    AudioCleared,
+    AudioCommitted,
+    AudioOut,
     ConfigUpdated,
     ErrorReport,
     FrameDropped,
+    InputTranscript,
     MessageAdded,
     MessageDeleted,
     MessageRetrieved,
     ResponseCompleted,
     ResponseStarted,
+    SpeechStarted,
+    SpeechStopped,
     TokenText,
 )
 from mlxd.generation import GenerationConfig
-from mlxd.intents import AddMessages, Cancel, ConfigUpdate, OfferFrame, Respond, SetInstructions
+from mlxd.intents import (
+    MAX_AUDIO_CHUNK_BYTES,
+    AddMessages,
+    AudioInput,
+    AudioMark,
+    Cancel,
+    ConfigUpdate,
+    Interrupt,
+    OfferFrame,
+    Respond,
+    SetInstructions,
+    SetVoice,
+    TruncateAnswer,
+    TurnDetection,
+    VoiceSettings,
+)
+from mlxd.protocols.base import AudioRefusals
 from mlxd.protocols.openai_realtime import RealtimeWire
 from mlxd.settings import Settings
 from tests.helpers import encoded_image, image_b64
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+HEARD = AudioRefusals(stt_refusal=None, tts_refusal=None)  # the server has its audio models
+PCM = bytes(range(256)) * 6  # 768 samples, 32 ms at 24 kHz
 
 
 class Checked:
     """A wire whose every outgoing event is validated by the SDK's types and has a fresh event_id."""
 
-    def __init__(self) -> None:
-        self.wire = RealtimeWire(Settings(max_tokens=50), "tiny-model")
+    def __init__(self, audio=None) -> None:
+        self.wire = RealtimeWire(Settings(max_tokens=50), "tiny-model", audio=audio or AudioRefusals())
         self.event_ids: set[str] = set()
 
     def check(self, messages) -> list[dict]:
@@ -81,13 +107,19 @@ def test_session_created_then_session_updated_with_the_whole_session():
     assert created["session"] | {"id": None} == {
         "type": "realtime", "object": "realtime.session", "id": None, "model": "tiny-model",
         "output_modalities": ["text"], "instructions": "", "max_output_tokens": 50, "tools": [],
-        "tool_choice": "auto", "temperature": 0.7}
+        "tool_choice": "auto", "temperature": 0.7, "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": None, "transcription": None,
+                      "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                                         "silence_duration_ms": 500, "create_response": True,
+                                         "interrupt_response": True, "idle_timeout_ms": None}},
+            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": None, "speed": 1.0}}}
     intents = wire.parse({"type": "session.update", "event_id": "e1", "session": {
         "type": "realtime", "instructions": "Be brief.", "max_output_tokens": "inf", "temperature": 0.2,
         "audio": {"output": {"voice": "marin"}}, "tracing": None, "model": "gpt-realtime"}})
-    assert intents == [SetInstructions("Be brief."), ConfigUpdate("e1", {"max_tokens": 8192, "temperature": 0.2})]
+    assert intents == [SetInstructions("Be brief."), SetVoice(VoiceSettings(voice="marin"), "e1"),
+                       ConfigUpdate("e1", {"max_tokens": 8192, "temperature": 0.2})]
     config = GenerationConfig(max_tokens=8192, temperature=0.2)
-    (updated,) = wire.encode(ConfigUpdated(intents[1].changes, config, "e1"))
+    (updated,) = wire.encode(ConfigUpdated(intents[-1].changes, config, "e1"))
     assert updated["type"] == "session.updated"
     assert updated["session"]["instructions"] == "Be brief."
     assert updated["session"]["max_output_tokens"] == "inf"
@@ -119,7 +151,7 @@ def test_a_bad_session_update_changes_nothing(session, code, param):
     ("[1]", "invalid_json", None),
     ({"type": "no.such.event"}, "invalid_value", "type"),
     ({"type": "input_audio_buffer.append", "audio": ""}, "unsupported_feature", "type"),
-    ({"type": "conversation.item.truncate"}, "unsupported_feature", "type"),
+    ({"type": "conversation.item.truncate"}, "missing_required_parameter", "item_id"),
     ({"type": "response.cancel", "extra": 1}, "unknown_parameter", "extra"),
     ({"type": "conversation.item.create"}, "missing_required_parameter", "item"),
     ({"type": "conversation.item.create", "item": {"type": "function_call", "name": "f"}}, "unsupported_feature",
@@ -276,3 +308,150 @@ def test_frames_are_offered_and_their_commit_is_a_user_item():
     assert added["item"]["content"][0]["image_url"].startswith("data:image/jpeg;base64,")
     started = wire.encode(ResponseStarted(respond.request_id, "image"))
     assert started[2]["type"] == "conversation.item.added" and started[2]["previous_item_id"] == respond.frame_id
+
+
+@pytest.mark.parametrize(("audio", "code", "param"), [
+    ({"output": {"format": {"type": "audio/pcmu"}}}, "unsupported_feature", "session.audio.output.format.type"),
+    ({"input": {"format": {"type": "audio/pcma"}}}, "unsupported_feature", "session.audio.input.format.type"),
+    ({"input": {"format": {"type": "audio/pcm", "rate": 16000}}}, "invalid_value", "session.audio.input.format.rate"),
+    ({"input": {"turn_detection": {"type": "semantic_vad"}}}, "unsupported_feature",
+     "session.audio.input.turn_detection.type"),
+    ({"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}, "invalid_value",
+     "session.audio.input.turn_detection.threshold"),
+    ({"input": {"turn_detection": {"type": "server_vad", "create_response": "yes"}}}, "invalid_value",
+     "session.audio.input.turn_detection.create_response"),
+    ({"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}, "unsupported_feature",
+     "session.audio.input.turn_detection.idle_timeout_ms"),
+    ({"input": {"transcription": {"model": "whisper-1", "colour": "red"}}}, "unknown_parameter",
+     "session.audio.input.transcription.colour"),
+    ({"output": {"voice": {"id": "voice_1234"}}}, "unsupported_feature", "session.audio.output.voice"),
+    ({"output": {"speed": 1.5}}, "unsupported_feature", "session.audio.output.speed"),
+])
+def test_audio_the_server_cannot_honour_is_refused_naming_the_field(audio, code, param):
+    refused = Checked(HEARD).refusal({"type": "session.update", "session": {"type": "realtime", "audio": audio}})
+    assert (refused.code, refused.field) == (code, param)
+
+
+def test_the_audio_configuration_merges_and_the_session_gets_it_whole():
+    wire = Checked(HEARD)
+    voice, _ = wire.parse({"type": "session.update", "event_id": "v", "session": {
+        "type": "realtime", "output_modalities": ["audio"], "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": {"type": "near_field"},
+                      "transcription": {"model": "whisper-1", "language": "en"},
+                      "turn_detection": {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 700,
+                                         "interrupt_response": False}},
+            "output": {"voice": "marin", "format": {"type": "audio/pcm"}}}}})
+    assert voice == SetVoice(VoiceSettings(TurnDetection(0.6, 300, 700, interrupt_response=False),
+                                           input_transcription=True, output_audio=True, voice="marin"), "v")
+    (updated,) = wire.encode(ConfigUpdated({}, GenerationConfig(), "v"))
+    session = updated["session"]
+    assert session["output_modalities"] == ["audio"] and session["audio"]["output"]["voice"] == "marin"
+    assert session["audio"]["input"]["transcription"] == {"model": "whisper-1", "language": "en"}
+    (voice, _) = wire.parse({"type": "session.update", "session": {"type": "realtime", "audio": {
+        "input": {"turn_detection": None}}}})
+    assert voice.settings == VoiceSettings(None, True, True, "marin"), "what is not given stays; null turns off"
+    assert len(wire.parse({"type": "session.update", "session": {"type": "realtime"}})) == 1, "nothing new"
+
+
+def test_audio_output_is_refused_without_speech_and_audio_input_without_transcription():
+    deaf = AudioRefusals(stt_refusal="speech input is turned off (--stt-model none)", tts_refusal=None)
+    mute = AudioRefusals(stt_refusal=None, tts_refusal="no text-to-speech model could be loaded")
+    refused = Checked(mute).refusal({"type": "session.update", "session": {"type": "realtime",
+                                                                           "output_modalities": ["audio"]}})
+    assert refused.code == "unsupported_feature" and "no text-to-speech model" in refused.message
+    for event in ({"type": "input_audio_buffer.append", "audio": "AAAA"}, {"type": "input_audio_buffer.commit"},
+                  {"type": "input_audio_buffer.clear"}):
+        refused = Checked(deaf).refusal(event)
+        assert (refused.code, refused.field) == ("unsupported_feature", "type")
+        assert "--stt-model none" in refused.message
+    assert Checked(mute).parse({"type": "input_audio_buffer.append", "audio": "AAAAAA=="}) == [
+        AudioInput(b"\0" * 4, 24000)], "a server that cannot speak still listens"
+
+
+@pytest.mark.parametrize(("audio", "named"), [
+    ("AAEC", "even number"),
+    ("!!!!", "base64"),
+    (base64.b64encode(b"\0" * (MAX_AUDIO_CHUNK_BYTES + 2)).decode(), "over the limit"),
+])
+def test_bad_audio_is_refused_and_good_audio_is_24khz_input(audio, named):
+    wire = Checked(HEARD)
+    refused = wire.refusal({"type": "input_audio_buffer.append", "event_id": "a", "audio": audio})
+    assert (refused.code, refused.field, refused.request_id) == ("invalid_value", "audio", "a")
+    assert named in refused.message
+    assert wire.parse({"type": "input_audio_buffer.append", "event_id": "b",
+                       "audio": base64.b64encode(PCM).decode()}) == [AudioInput(PCM, 24000)]
+
+
+def test_a_spoken_turn_is_the_buffer_events_then_an_input_audio_item_and_its_transcript():
+    wire = Checked(HEARD)
+    wire.parse({"type": "session.update", "session": {"type": "realtime", "audio": {
+        "input": {"transcription": {"model": "whisper-1"}}}}})
+    assert wire.parse({"type": "input_audio_buffer.commit", "event_id": "c"}) == [
+        AudioMark("commit", "c", respond=False)], "a commit answers nothing: response.create asks"
+    assert wire.parse({"type": "input_audio_buffer.clear", "event_id": "x"}) == [AudioMark("clear", "x", respond=False)]
+    events = wire.encode(SpeechStarted("item_1", 1200)) + wire.encode(SpeechStopped("item_1", 3700))
+    events += wire.encode(AudioCommitted("item_1"))
+    heard = Message("user", (Part(text="What is the capital of France?"),), "item_1")
+    events += wire.encode(MessageAdded(heard))
+    events += wire.encode(InputTranscript("item_1", "What is the capital of France?"))
+    events += wire.encode(AudioCleared("x"))
+    assert types(events) == [
+        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+        "conversation.item.added", "conversation.item.done", "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed", "input_audio_buffer.cleared"]
+    assert events[0]["audio_start_ms"] == 1200 and events[1]["audio_end_ms"] == 3700
+    assert events[3]["item"]["id"] == "item_1" and events[3]["previous_item_id"] is None
+    assert events[3]["item"]["content"] == [{"type": "input_audio", "transcript": None}], "told at its commit"
+    assert events[6]["transcript"] == "What is the capital of France?"
+    assert events[6]["usage"] == {"type": "duration", "seconds": 2.5}
+    (retrieved,) = wire.encode(MessageRetrieved(heard))
+    assert retrieved["item"]["content"] == [{"type": "input_audio", "transcript": "What is the capital of France?"}]
+    (respond,) = wire.parse({"type": "response.create"})
+    started = wire.encode(ResponseStarted(respond.request_id, "text"))
+    assert started[2]["type"] == "conversation.item.added" and started[2]["previous_item_id"] == "item_1"
+
+
+def test_a_response_server_vad_made_is_spoken_named_by_its_answer_and_cut_by_speech():
+    wire = Checked(HEARD)
+    wire.parse({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"]}})
+    events = wire.encode(ResponseStarted("vad-1", "text", answer_id="answer_1"))
+    events += wire.encode(TokenText("vad-1", "The capital"))
+    events += wire.encode(AudioOut("vad-1", PCM))
+    events += wire.encode(SpeechStarted("item_2", 5000))
+    events += wire.encode(completed("vad-1", "The capital", "interrupted"))
+    assert types(events) == [
+        "response.created", "response.output_item.added", "conversation.item.added", "response.content_part.added",
+        "response.output_audio_transcript.delta", "response.output_audio.delta", "input_audio_buffer.speech_started",
+        "response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
+        "response.output_item.done", "conversation.item.done", "response.done"]
+    assert events[3]["part"] == {"type": "audio", "transcript": ""}
+    assert base64.b64decode(events[5]["delta"]) == PCM and events[5]["item_id"] == "answer_1"
+    done = events[-1]["response"]
+    assert (done["id"], done["status"], done["status_details"]["reason"]) == ("vad-1", "cancelled", "turn_detected")
+    assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "The capital"}]
+    assert done["output_modalities"] == ["audio"]
+    assert wire.encode(AudioOut("vad-1", PCM)) == [], "nothing after its end"
+    (retrieved,) = wire.encode(MessageRetrieved(Message("assistant", (Part(text="The capital"),), "answer_1")))
+    assert retrieved["item"]["content"] == [{"type": "output_audio", "transcript": "The capital"}]
+
+
+def test_truncate_and_output_audio_buffer_clear():
+    wire = Checked(HEARD)
+    wire.parse({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"]}})
+    assert wire.parse({"type": "conversation.item.truncate", "event_id": "t", "item_id": "answer_1",
+                       "content_index": 0, "audio_end_ms": 1500}) == [TruncateAnswer("answer_1", 1500, "t")]
+    assert wire.refusal({"type": "conversation.item.truncate", "item_id": "a", "content_index": 1,
+                         "audio_end_ms": 0}).field == "content_index"
+    assert wire.refusal({"type": "conversation.item.truncate", "item_id": "a", "content_index": 0,
+                         "audio_end_ms": -5}).field == "audio_end_ms"
+    (truncated,) = wire.encode(AnswerTruncated("answer_1", 1500, "t"))
+    assert truncated == {"type": "conversation.item.truncated", "event_id": truncated["event_id"],
+                         "item_id": "answer_1", "content_index": 0, "audio_end_ms": 1500}
+    (respond,) = wire.parse({"type": "response.create"})
+    wire.encode(ResponseStarted(respond.request_id, "text"))
+    assert wire.parse({"type": "output_audio_buffer.clear"}) == [Interrupt()]
+    events = wire.encode(completed(respond.request_id, "", "interrupted"))
+    assert events[-1] == {"type": "output_audio_buffer.cleared", "event_id": events[-1]["event_id"],
+                          "response_id": respond.request_id}
+    assert wire.refusal({"type": "response.create", "response": {"output_modalities": ["text"]}}).field == \
+        "response.output_modalities", "a response speaks as its session does"

@@ -54,7 +54,7 @@ class ChatStream:
                                         f"the upstream answered HTTP {response.status_code}: "
                                         f"{await error_text(response)}")
                 self.accepted = True
-                self.job.emit(ResponseStarted(self.job.request_id, self.job.input_type))
+                self.job.emit(ResponseStarted(self.job.request_id, self.job.input_type, self.job.answer_id))
                 async for line in response.aiter_lines():
                     if line.startswith("data:") and self._receive(line[5:].strip()):
                         break

@@ -210,7 +210,7 @@ class Engine:
             if self._batch is not None and self._batch.accepts(job.config, response.conversation):
                 uid = self._batch.add(messages, instructions, images, job.max_tokens, job.config,
                                       response.conversation)
-                job.emit(ResponseStarted(job.request_id, job.input_type))
+                job.emit(ResponseStarted(job.request_id, job.input_type, job.answer_id))
                 self._running[uid] = response
             else:
                 log.debug("serving_alone", session=job.session_id, request=job.request_id,
@@ -289,7 +289,7 @@ class Engine:
                         images: list[Image.Image]) -> None:
         assert isinstance(self.model, VisionModel)
         job = response.job
-        job.emit(ResponseStarted(job.request_id, job.input_type))
+        job.emit(ResponseStarted(job.request_id, job.input_type, job.answer_id))
         finish_reason = "length"
         chunks = self.model.generate(messages, instructions, images, job.max_tokens, job.config,
                                      response.conversation)

@@ -22,7 +22,7 @@ UNSUPPORTED = "unsupported"
 ROLES = {"user": "user", "model": "assistant"}
 # mlxd's own protocol already names its sampling fields as Gemini's generationConfig does, with the same ranges.
 GENERATION_FIELDS = {wire: spec for wire, spec in WIRE_TO_CONFIG.items() if wire != "max_tokens_image"}
-AUDIO_REFUSAL = "audio is not supported by the loaded model (text and images only)"
+AUDIO_IN_TURNS = "audio in clientContent turns is not supported: stream it as realtimeInput.audio"
 
 
 def invalid(message: str) -> ClientError:
@@ -93,13 +93,14 @@ def decode_base64(value: Any, path: str) -> bytes:
 
 
 def image_blob(blob: Any, path: str) -> bytes:
-    """A `Blob` {mimeType, data} that must be an image: its bytes. Audio is refused as unsupported."""
+    """A `Blob` {mimeType, data} that must be an image: its bytes. Audio is refused as unsupported (the
+    realtime input takes it apart, with gemini_audio)."""
     blob = as_object(blob, path)
     mime_type = field(blob, "mimeType")
     if not isinstance(mime_type, str):
         raise invalid(f"{path}.mimeType: must be a string")
     if mime_type.startswith("audio/"):
-        raise unsupported(AUDIO_REFUSAL)
+        raise unsupported(f"{path}: {AUDIO_IN_TURNS}")
     if not mime_type.startswith("image/"):
         raise invalid(f"{path}.mimeType: {mime_type[:40]!r} is not an image type")
     return decode_base64(field(blob, "data"), f"{path}.data")
@@ -136,7 +137,8 @@ def content_message(content: Any, path: str, max_chars: int) -> Message:
 
 def generation_changes(config: Any) -> dict[str, Any]:
     """setup.generationConfig as session configuration changes; what mlxd cannot honour is refused, what
-    does not change an answer (seed, speech, media resolution, thinking) is accepted and ignored."""
+    does not change an answer (seed, media resolution, thinking) is accepted and ignored. Modalities and
+    speech are the voice's (gemini_audio)."""
     path = "setup.generationConfig"
     config = as_object(config, path)
     changes: dict[str, Any] = {}
@@ -148,9 +150,4 @@ def generation_changes(config: Any) -> dict[str, Any]:
             _number("candidateCount", field(config, "candidateCount"), 1, 1, integer=True)
     except ValueError as exc:
         raise invalid(f"{path}.{exc}") from None
-    modalities = as_list(field(config, "responseModalities"), f"{path}.responseModalities")
-    if any(isinstance(modality, str) and modality.upper() == "AUDIO" for modality in modalities):
-        raise unsupported("responseModalities AUDIO: " + AUDIO_REFUSAL)
-    if any(not isinstance(modality, str) or modality.upper() != "TEXT" for modality in modalities):
-        raise invalid(f'{path}.responseModalities: only ["TEXT"] is supported')
     return changes

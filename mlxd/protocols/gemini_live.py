@@ -10,7 +10,9 @@ and 1008 for what mlxd does not do, whose reason names the problem.
 Meaning, in the session's neutral terms: the connection is one conversation; turns are messages, a complete
 turn (or text sent in real time, or the end of an activity when the client detects activity itself) asks
 for an answer, video frames are context for the next answer, and new input cuts a running answer unless the
-setup said NO_INTERRUPTION.
+setup said NO_INTERRUPTION. Microphone audio goes to the session's turn detection (or, with automatic
+activity detection disabled, between the client's activityStart and activityEnd); a spoken answer comes
+back as audio model turns (gemini_audio), its text as outputTranscription where the setup asked for it.
 """
 
 from __future__ import annotations
@@ -24,20 +26,30 @@ import structlog
 from mlxd import errors
 from mlxd.dialogue import user_message
 from mlxd.errors import ClientError
-from mlxd.events import ConfigUpdated, ErrorReport, ResponseCompleted, ServerEvent, TokenText
+from mlxd.events import (
+    AudioOut,
+    ConfigUpdated,
+    ErrorReport,
+    InputTranscript,
+    ResponseCompleted,
+    ServerEvent,
+    TokenText,
+)
 from mlxd.intents import (
     AddMessages,
+    AudioMark,
     ConfigUpdate,
     Intent,
     Interrupt,
     OfferFrame,
     Respond,
     SetInstructions,
+    SetVoice,
     WhenBusy,
 )
-from mlxd.protocols.base import Close, Outgoing
+from mlxd.protocols.base import NO_AUDIO, AudioSupport, Close, Outgoing
+from mlxd.protocols.gemini_audio import audio_input, audio_part, is_audio, setup_voice, transcription
 from mlxd.protocols.gemini_fields import (
-    AUDIO_REFUSAL,
     UNSUPPORTED,
     as_bool,
     as_list,
@@ -69,7 +81,8 @@ CLOSE_CODES = {
     errors.INVALID_JSON: INVALID_PAYLOAD, errors.UNKNOWN_TYPE: INVALID_PAYLOAD,
     errors.INVALID_FIELD: INVALID_PAYLOAD, errors.TEXT_TOO_LONG: INVALID_PAYLOAD,
     errors.IMAGE_DECODE_FAILED: INVALID_PAYLOAD, errors.IMAGE_TOO_LARGE: INVALID_PAYLOAD,
-    UNSUPPORTED: POLICY_VIOLATION, errors.MODEL_TEXT_ONLY: POLICY_VIOLATION, errors.RATE_LIMITED: POLICY_VIOLATION,
+    UNSUPPORTED: POLICY_VIOLATION, errors.AUDIO_UNAVAILABLE: POLICY_VIOLATION, errors.MODEL_TEXT_ONLY: POLICY_VIOLATION,
+    errors.RATE_LIMITED: POLICY_VIOLATION,
     errors.QUEUE_FULL: TRY_AGAIN_LATER, errors.MODEL_UNAVAILABLE: INTERNAL_ERROR, errors.INTERNAL: INTERNAL_ERROR,
 }
 FAREWELL_CODES = (1000, 1001)
@@ -78,13 +91,16 @@ FAREWELL_CODES = (1000, 1001)
 class GeminiLiveWire:
     """One Gemini Live connection's side of the wire: where it is in the protocol and what setup chose."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, audio: AudioSupport = NO_AUDIO) -> None:
         self.max_text_chars = settings.max_text_chars
+        self.audio = audio
         self._set_up = False
         self._acknowledged = False
         self._automatic_activity = True
         self._when_busy: WhenBusy = "interrupt"
         self._answers = itertools.count(1)
+        self._output_audio = self._output_transcription = self._input_transcription = False
+        self._activity_audio = False  # audio came since the client's activityStart
 
     def opening(self) -> list[str | bytes]:
         return []  # the server speaks first only after the client's setup
@@ -129,12 +145,17 @@ class GeminiLiveWire:
             raise invalid(f"setup.realtimeInputConfig.activityHandling: unknown value {str(handling)[:40]!r}")
         instructions = instruction_text(field(setup, "systemInstruction"), "setup.systemInstruction",
                                         self.max_text_chars)
+        voice = setup_voice(setup, ACTIVITY_HANDLING[handling], self.audio)
         self._set_up = True
         self._automatic_activity = not disabled
         self._when_busy = ACTIVITY_HANDLING[handling]
+        self._output_audio, self._output_transcription = voice.settings.output_audio, voice.output_transcription
+        self._input_transcription = voice.settings.input_transcription
         log.info("gemini_setup", model=model and model[:200], automatic_activity=self._automatic_activity,
-                 activity_handling=handling)
-        return [SetInstructions(instructions), ConfigUpdate(None, changes)]
+                 activity_handling=handling, output_audio=self._output_audio)
+        speaks = self.audio.stt_refusal is None or voice.settings.output_audio
+        return [SetInstructions(instructions), *([SetVoice(voice.settings)] if speaks else []),
+                ConfigUpdate(None, changes)]
 
     def _respond(self) -> Respond:
         return Respond(f"gemini-{next(self._answers)}", when_busy=self._when_busy)
@@ -155,26 +176,33 @@ class GeminiLiveWire:
         return intents
 
     def _realtime_input(self, body: dict[str, Any]) -> list[Intent]:
-        if field(body, "audio") is not None:
-            raise unsupported("realtimeInput.audio: " + AUDIO_REFUSAL)
-        intents: list[Intent] = [OfferFrame(image_blob(chunk, f"realtimeInput.mediaChunks[{i}]"))
-                                 for i, chunk in enumerate(as_list(field(body, "mediaChunks"),
-                                                                   "realtimeInput.mediaChunks"))]
-        if field(body, "video") is not None:
-            intents.append(OfferFrame(image_blob(field(body, "video"), "realtimeInput.video")))
         started, ended = field(body, "activityStart") is not None, field(body, "activityEnd") is not None
         if (started or ended) and self._automatic_activity:
             raise invalid("realtimeInput.activityStart/End: automatic activity detection is on; disable it in "
                           "setup.realtimeInputConfig")
+        hears = self.audio.stt_refusal is None  # else marks have no audio to mark, and only text is served
+        intents: list[Intent] = [*self._barge_in(), *([AudioMark("start")] if hears else [])] if started else []
         if started:
-            intents += self._barge_in()
+            self._activity_audio = False
+        media = [("realtimeInput.audio", field(body, "audio"))] if field(body, "audio") is not None else []
+        media += [(f"realtimeInput.mediaChunks[{i}]", chunk)
+                  for i, chunk in enumerate(as_list(field(body, "mediaChunks"), "realtimeInput.mediaChunks"))]
+        if field(body, "video") is not None:
+            media.append(("realtimeInput.video", field(body, "video")))
+        for path, blob in media:
+            audio = path == "realtimeInput.audio" or is_audio(blob)
+            intents.append(audio_input(blob, path, self.audio) if audio else OfferFrame(image_blob(blob, path)))
+            self._activity_audio |= audio
         if field(body, "text") is not None:
             text = as_text(field(body, "text"), "realtimeInput.text", self.max_text_chars)
             intents.append(AddMessages((user_message(text),), pending=True))
             if self._automatic_activity:
                 intents.append(self._respond())
         if ended:
-            intents.append(self._respond())
+            intents.append(AudioMark("end") if self._activity_audio else self._respond())
+        stream_end = as_bool(field(body, "audioStreamEnd"), "realtimeInput.audioStreamEnd")
+        if stream_end and self._automatic_activity and hears:
+            intents.append(AudioMark("end"))  # the microphone is off: what was heard is a turn now
         return intents
 
     def _context_update(self, body: dict[str, Any]) -> list[Intent]:
@@ -190,9 +218,15 @@ class GeminiLiveWire:
 
     def encode(self, event: ServerEvent) -> list[Outgoing]:
         if isinstance(event, TokenText):
-            if not event.text:
+            if not event.text or (self._output_audio and not self._output_transcription):
                 return []
+            if self._output_audio:
+                return [_frame(transcription("outputTranscription", event.text, False))]
             return [_frame({"serverContent": {"modelTurn": {"role": "model", "parts": [{"text": event.text}]}}})]
+        if isinstance(event, AudioOut):
+            return [_frame(audio_part(event.pcm, event.sample_rate))] if event.pcm else []
+        if isinstance(event, InputTranscript):
+            return [_frame(transcription("inputTranscription", event.text, True))] if self._input_transcription else []
         if isinstance(event, ResponseCompleted):
             return [_frame(message) for message in _completion(event)]
         if isinstance(event, ConfigUpdated) and not self._acknowledged:

@@ -141,7 +141,8 @@ def create_app(server: Server) -> Starlette:
         WebSocketRoute("/", server.endpoint(MlxwsWire)),
         WebSocketRoute("/ws", server.endpoint(MlxwsWire)),
         WebSocketRoute("/v1/realtime", realtime_endpoint(server)),
-        *(WebSocketRoute(path, server.endpoint(GeminiLiveWire)) for path in GEMINI_PATHS),
+        *(WebSocketRoute(path, server.endpoint(lambda settings: GeminiLiveWire(settings, server.audio)))
+          for path in GEMINI_PATHS),
         Route("/healthz", server.healthz),
         Route("/readyz", server.readyz),
         Route("/metrics", server.metrics_endpoint),

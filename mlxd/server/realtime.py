@@ -19,7 +19,7 @@ BETA_HEADER_VALUE = "realtime=v1"
 def realtime_endpoint(server: Server) -> Callable[[WebSocket], Awaitable[None]]:
     async def serve(websocket: WebSocket) -> None:
         beta = BETA_HEADER_VALUE in websocket.headers.get("openai-beta", "").replace(" ", "").split(",")
-        wire = RealtimeWire(server.settings, str(server.engine.status()["model"]), beta=beta)
+        wire = RealtimeWire(server.settings, str(server.engine.status()["model"]), beta=beta, audio=server.audio)
         await server.websocket(websocket, wire)
 
     return serve

@@ -60,6 +60,14 @@ class _Detection:
     detection: TurnDetection | None
 
 
+@dataclass(frozen=True)
+class _After:
+    """Something to do once every turn queued before it is heard and transcribed: a response the client
+    asked for just after committing its turn (OpenAI's commit then response.create) answers that turn."""
+
+    action: Callable[[], None]
+
+
 class Listener:
     def __init__(self, vad_stream: Callable[[], VadStream], transcribe: Callable[[np.ndarray], Awaitable[str]],
                  emit: Callable[[ServerEvent], None], on_speech_start: Callable[[], None],
@@ -69,10 +77,10 @@ class Listener:
         self._emit = emit
         self._on_speech_start = on_speech_start
         self._on_transcript = on_transcript
-        self._inbox: deque[AudioInput | AudioMark | _Detection] = deque()
+        self._inbox: deque[AudioInput | AudioMark | _Detection | _After] = deque()
         self._hearing = False  # an item is out of the inbox, being acted on
         self._backlog_samples = 0
-        self._turns: deque[SpokenTurn] = deque()
+        self._turns: deque[SpokenTurn | _After] = deque()
         self._heard = asyncio.Event()
         self._turn_ready = asyncio.Event()
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._transcribe_in_turn())]
@@ -94,6 +102,11 @@ class Listener:
                                   f"{MAX_BACKLOG_SECONDS} s are waiting", item.request_id)
             self._backlog_samples += samples
         self._inbox.append(item)
+        self._heard.set()
+
+    def after_turns(self, action: Callable[[], None]) -> None:
+        """Run `action` on the event loop once what is queued so far has been heard and transcribed."""
+        self._inbox.append(_After(action))
         self._heard.set()
 
     def configure(self, detection: TurnDetection | None) -> None:
@@ -123,6 +136,9 @@ class Listener:
                     await self._hear(item)
                 elif isinstance(item, AudioMark):
                     self._mark(item)
+                elif isinstance(item, _After):
+                    self._turns.append(item)
+                    self._turn_ready.set()
                 else:
                     self._set_detection(item.detection)
             except ClientError as exc:
@@ -189,7 +205,7 @@ class Listener:
         elif self._turn_start is not None and (speaking or self.ring.end > self._turn_start):
             if speaking:
                 self._emit(SpeechStopped(self._item_id or "", milliseconds(self.ring.end)))
-            create = self._detection.create_response if self._detection is not None else True
+            create = mark.respond and (self._detection.create_response if self._detection is not None else True)
             self._commit(self.ring.end, mark.request_id, create)
         elif mark.kind == "commit":
             raise ClientError(errors.INVALID_FIELD, "commit: no audio is buffered", mark.request_id)
@@ -240,6 +256,13 @@ class Listener:
                 await self._turn_ready.wait()
                 continue
             turn = self._turns[0]
+            if isinstance(turn, _After):
+                self._turns.popleft()
+                try:
+                    turn.action()
+                except ClientError as exc:  # as `Session.handle` would have refused it
+                    self._emit(ErrorReport(exc.code, exc.message, exc.request_id, field=exc.field))
+                continue
             try:
                 text = await self._transcribe(turn.samples)
             except Exception as exc:

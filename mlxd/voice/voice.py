@@ -73,6 +73,14 @@ class Voice:
         if self.settings.output_audio:
             self._speaking().tap(job, self.settings.voice)
 
+    def after_turns(self, action: Callable[[], None]) -> bool:
+        """Defer `action` until the audio heard so far is transcribed and its turns answered or added; False
+        (nothing deferred) when nothing is being heard."""
+        if self._listener is None or self._listener.idle():
+            return False
+        self._listener.after_turns(action)
+        return True
+
     def interrupt(self) -> None:
         """Barge-in: drop what is still to be spoken."""
         if self._speaker is not None:

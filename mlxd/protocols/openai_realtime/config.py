@@ -1,7 +1,7 @@
 """`session.update` and `response.create` parameters: validated whole before anything changes.
 
-The session is text-only and tool-free until mlxd has audio models and function calling: asking for audio or
-tools is refused as `unsupported_feature`; the audio, include, tracing and truncation settings are ignored.
+The session is tool-free until mlxd has function calling: asking for tools is refused as
+`unsupported_feature`; its audio is `audio`'s, the include, tracing and truncation settings are ignored.
 `temperature` is mlxd's addition (0 to 2), on the session and on each response.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlxd.dialogue import Message
-from mlxd.protocols.base import valid_unicode
+from mlxd.protocols.base import AudioSupport, valid_unicode
+from mlxd.protocols.openai_realtime.audio import TEXT_ONLY, AudioConfig, parse_audio, parse_modalities
 from mlxd.protocols.openai_realtime.fields import (
     INVALID_VALUE,
     UNSUPPORTED_FEATURE,
@@ -24,7 +25,7 @@ MAX_OUTPUT_TOKENS = 8192
 UNLIMITED = "inf"
 TOOL_CHOICES = ("auto", "none")
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
-IGNORED_SESSION_FIELDS = ("audio", "include", "tracing", "truncation", "model", "object", "id", "expires_at")
+IGNORED_SESSION_FIELDS = ("include", "tracing", "truncation", "model", "object", "id", "expires_at")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class SessionChanges:
     max_output_tokens: int | str | None = None
     temperature: float | None = None
     tool_choice: str | None = None
+    audio: AudioConfig = TEXT_ONLY
 
 
 @dataclass(frozen=True)
@@ -58,26 +60,31 @@ def output_tokens(value: int | str) -> int:
     return MAX_OUTPUT_TOKENS if value == UNLIMITED else int(value)
 
 
-def parse_session(value: Any, event_id: str | None, limits: Limits) -> SessionChanges:
+def parse_session(value: Any, event_id: str | None, limits: Limits, audio_config: AudioConfig,
+                  audio: AudioSupport) -> SessionChanges:
+    """The changes a `session.update` asks for; `audio_config` is the session's audio so far."""
     session = Fields(value, "session", event_id,
                      ("type", "instructions", "max_output_tokens", "output_modalities", "tools", "tool_choice",
-                      "temperature"), ignored=IGNORED_SESSION_FIELDS)
+                      "temperature", "audio"), ignored=IGNORED_SESSION_FIELDS)
     if session.required("type") != "realtime":
         raise session.error(INVALID_VALUE, "type", 'only "realtime" sessions are served')
-    _check_text_only(session)
     _check_no_tools(session)
     return SessionChanges(session.text("instructions", limits.max_text_chars), _max_output_tokens(session),
-                          session.number("temperature", 0.0, 2.0), _tool_choice(session))
+                          session.number("temperature", 0.0, 2.0), _tool_choice(session),
+                          parse_audio(session, audio_config, audio))
 
 
-def parse_response(value: Any, event_id: str | None, limits: Limits, new_item_id: Callable[[], str]) -> ResponseParams:
-    """`new_item_id()` names each input item sent without an id."""
+def parse_response(value: Any, event_id: str | None, limits: Limits, new_item_id: Callable[[], str],
+                   audio_config: AudioConfig, audio: AudioSupport) -> ResponseParams:
+    """`new_item_id()` names each input item sent without an id; a response speaks as its session does."""
     if value is None:
         return ResponseParams()
     response = Fields(value, "response", event_id,
                       ("conversation", "input", "instructions", "max_output_tokens", "output_modalities", "tools",
                        "tool_choice", "temperature", "metadata"), ignored=("audio",))
-    _check_text_only(response)
+    if parse_modalities(response, audio) not in (None, audio_config.output_audio):
+        raise response.error(UNSUPPORTED_FEATURE, "output_modalities", "a response has the session's "
+                             f"output_modalities, {audio_config.modalities()}: change them with session.update")
     _check_no_tools(response)
     _tool_choice(response)
     conversation = response.choice("conversation", ("auto", "none"))
@@ -99,16 +106,6 @@ def _parse_input(value: Any, where: str, event_id: str | None, limits: Limits,
         assert item_id is not None
         return item_id
     return parse_item(value, where, event_id, limits, new_item_id())
-
-
-def _check_text_only(fields: Fields) -> None:
-    modalities = fields.listed("output_modalities")
-    if modalities is None:
-        return
-    if any(modality == "audio" for modality in modalities):
-        raise fields.error(UNSUPPORTED_FEATURE, "output_modalities", "audio output is not supported by this server")
-    if modalities != ["text"]:
-        raise fields.error(INVALID_VALUE, "output_modalities", 'must be ["text"]')
 
 
 def _check_no_tools(fields: Fields) -> None:

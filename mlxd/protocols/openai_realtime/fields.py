@@ -97,6 +97,12 @@ class Fields:
             raise self.error(INVALID_VALUE, name, f"must be between {low} and {high}, got {value}")
         return value
 
+    def boolean(self, name: str) -> bool | None:
+        value = self.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise self.error(INVALID_VALUE, name, "must be true or false")
+        return value
+
     def identifier(self, name: str, required: bool = False) -> str | None:
         value = self.required(name) if required else self.get(name)
         if value is None:

@@ -62,7 +62,8 @@ def _parse_part(value: Any, where: str, event_id: str | None, role: str, limits:
                   ignored=("audio", "transcript"))
     kind = part.required("type")
     if kind in AUDIO_CONTENT:
-        raise part.error(UNSUPPORTED_FEATURE, "type", f"{kind}: audio is not supported by this server")
+        raise part.error(UNSUPPORTED_FEATURE, "type", f"{kind}: audio in conversation items is not served; stream "
+                         "it with input_audio_buffer.append")
     if kind not in CONTENT_TYPES[role]:
         raise part.error(INVALID_VALUE, "type", f"{role} content must be {' or '.join(CONTENT_TYPES[role])}")
     if kind == "input_image":

@@ -2,7 +2,9 @@
 
 The wire keeps what OpenAI's events say and the session does not: the ids it handed out, each response's
 place in its sequence of events, the order of the conversation's items (for `previous_item_id`) and the
-client's `event_id` to echo in an error. Every server event has a unique `event_id`.
+client's `event_id` to echo in an error. Every server event has a unique `event_id`. Microphone audio and
+turn events are the session's; the wire keeps which items were spoken (an `input_audio` item with its
+transcript), how long each turn's audio was, and the session's audio configuration (`audio`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from mlxd import errors
 from mlxd.dialogue import ROOT
 from mlxd.events import (
+    AudioCommitted,
+    AudioOut,
     ConfigUpdated,
     ErrorReport,
     MessageAdded,
@@ -29,16 +33,20 @@ from mlxd.events import (
 from mlxd.generation import GenerationConfig
 from mlxd.intents import (
     AddMessages,
+    AudioMark,
     Cancel,
     ConfigUpdate,
     DeleteMessage,
     Intent,
+    Interrupt,
     OfferFrame,
     Respond,
     RetrieveMessage,
     SetInstructions,
+    SetVoice,
 )
-from mlxd.protocols.base import Close, Outgoing
+from mlxd.protocols.base import NO_AUDIO, AudioSupport, Close, Outgoing
+from mlxd.protocols.openai_realtime.audio import TEXT_ONLY, parse_append, parse_truncate, refuse_unheard
 from mlxd.protocols.openai_realtime.config import SessionView, output_tokens, parse_response, parse_session
 from mlxd.protocols.openai_realtime.fields import (
     ACTIVE_RESPONSE,
@@ -51,29 +59,28 @@ from mlxd.protocols.openai_realtime.fields import (
     Fields,
     refuse,
 )
-from mlxd.protocols.openai_realtime.items import Limits, item_json, parse_image_url, parse_item
+from mlxd.protocols.openai_realtime.items import Limits, parse_image_url, parse_item
 from mlxd.protocols.openai_realtime.responses import Ids, Response, dump
+from mlxd.protocols.openai_realtime.speech import Speech, remember
 from mlxd.settings import Settings
 
-UNSUPPORTED_EVENTS = {
-    "input_audio_buffer.append": "audio", "input_audio_buffer.commit": "audio", "input_audio_buffer.clear": "audio",
-    "output_audio_buffer.clear": "audio", "conversation.item.truncate": "audio",
-}
 CODES = {  # the session's refusals in OpenAI's words
     errors.INVALID_JSON: INVALID_JSON, errors.UNKNOWN_TYPE: INVALID_VALUE, errors.INVALID_FIELD: INVALID_VALUE,
     errors.TEXT_TOO_LONG: INVALID_VALUE, errors.NOT_FOUND: ITEM_NOT_FOUND, errors.ANSWER_IN_PROGRESS: ACTIVE_RESPONSE,
+    errors.AUDIO_UNAVAILABLE: UNSUPPORTED_FEATURE,
 }
 SERVER_ERRORS = (errors.INTERNAL, errors.MODEL_UNAVAILABLE)
 ENGINE_FAILURES = (errors.INTERNAL, errors.IMAGE_DECODE_FAILED, errors.IMAGE_TOO_LARGE)  # after acceptance
 POLICY_VIOLATION = 1008
-MAX_REMEMBERED = 64  # items and cancels awaiting the session's answer
 
 
 class RealtimeWire:
     """One connection's OpenAI Realtime wire; `model` is what `session.model` names."""
 
-    def __init__(self, settings: Settings, model: str, beta: bool = False) -> None:
+    def __init__(self, settings: Settings, model: str, beta: bool = False, audio: AudioSupport = NO_AUDIO) -> None:
         self._beta = beta
+        self.audio = audio
+        self._audio_config = TEXT_ONLY
         self._ids = Ids()
         self._model = model
         self._limits = Limits(settings.max_text_chars, settings.max_image_bytes, settings.max_image_pixels)
@@ -85,6 +92,8 @@ class RealtimeWire:
         self._after: OrderedDict[str, str | None] = OrderedDict()  # items asked for, not yet added: where
         self._responses: dict[str, Response] = {}  # asked for and not yet done
         self._cancels: OrderedDict[str, str | None] = OrderedDict()  # response id: the cancelling event_id
+        self._speech = Speech(self._event)
+        self._clearing = False  # output_audio_buffer.clear cuts the spoken answer
 
     # Client events.
 
@@ -113,14 +122,12 @@ class RealtimeWire:
             raise refuse(INVALID_VALUE, "the event needs a 'type' string", "type", event_id)
         parse = PARSERS.get(kind)
         if parse is None:
-            code = UNSUPPORTED_FEATURE if kind in UNSUPPORTED_EVENTS else INVALID_VALUE
-            reason = "audio is not supported by this server" if code == UNSUPPORTED_FEATURE else "unknown event type"
-            raise refuse(code, f"{kind[:64]!r}: {reason}", "type", event_id)
+            raise refuse(INVALID_VALUE, f"{kind[:64]!r}: unknown event type", "type", event_id)
         return parse(self, message, event_id)
 
     def _session_update(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         event = Fields(message, "", event_id, ("type", "event_id", "session"))
-        changes = parse_session(event.required("session"), event_id, self._limits)
+        changes = parse_session(event.required("session"), event_id, self._limits, self._audio_config, self.audio)
         shown = {name: getattr(changes, name) for name in ("instructions", "max_output_tokens", "tool_choice")}
         self._view = replace(self._view, **{name: value for name, value in shown.items() if value is not None})
         config: dict[str, Any] = {}
@@ -131,6 +138,9 @@ class RealtimeWire:
         intents: list[Intent] = []
         if changes.instructions is not None:
             intents.append(SetInstructions(changes.instructions))
+        if changes.audio != self._audio_config:
+            self._audio_config = changes.audio
+            intents.append(SetVoice(changes.audio.settings(), event_id))
         return [*intents, ConfigUpdate(event_id, config)]
 
     def _item_create(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
@@ -155,10 +165,12 @@ class RealtimeWire:
 
     def _response_create(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
         event = Fields(message, "", event_id, ("type", "event_id", "response"))
-        params = parse_response(event.get("response"), event_id, self._limits, lambda: self._ids.new("item"))
+        params = parse_response(event.get("response"), event_id, self._limits, lambda: self._ids.new("item"),
+                                self._audio_config, self.audio)
         response = Response(self._ids.new("resp"), self._ids.new("item"), event_id,
                             None if params.out_of_band else self._conversation_id,
-                            params.max_output_tokens or self._view.max_output_tokens, params.metadata)
+                            params.max_output_tokens or self._view.max_output_tokens, params.metadata,
+                            self._audio_config.output_audio)
         self._responses[response.id] = response
         max_tokens = None if params.max_output_tokens is None else output_tokens(params.max_output_tokens)
         return [Respond(response.id, answer_id=None if params.out_of_band else response.item_id,
@@ -182,51 +194,99 @@ class RealtimeWire:
         event = Fields(message, "", event_id, ("type", "event_id", "image_url"))
         return [OfferFrame(parse_image_url(event, "image_url", self._limits, inspect=False))]
 
+    def _audio_append(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
+        chunk = parse_append(message, event_id, self.audio)
+        self._speech.appended(len(chunk.pcm))
+        return [chunk]
+
+    def _audio_mark(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
+        event = Fields(message, "", event_id, ("type", "event_id"))
+        refuse_unheard(event, self.audio)
+        return [AudioMark("commit" if message["type"] == "input_audio_buffer.commit" else "clear", event_id,
+                          respond=False)]
+
+    def _truncate(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
+        return [parse_truncate(message, event_id)]
+
+    def _output_clear(self, message: dict[str, Any], event_id: str | None) -> list[Intent]:
+        Fields(message, "", event_id, ("type", "event_id"))
+        self._clearing = any(response.spoken and response.started for response in self._responses.values())
+        return [Interrupt()]
+
     # Server events.
 
     def encode(self, event: ServerEvent) -> Sequence[Outgoing]:
         if isinstance(event, TokenText):
             response = self._responses.get(event.request_id or "")
             return [] if response is None else [response.delta(self._ids, event.text)]
+        if isinstance(event, AudioOut):
+            response = self._responses.get(event.request_id or "")
+            return [] if response is None or not response.spoken else [response.audio_delta(self._ids, event.pcm)]
         if isinstance(event, ResponseStarted):
-            return self._start(event.request_id)
+            return self._start(event)
         if isinstance(event, ResponseCompleted):
-            response = self._responses.pop(event.request_id or "", None)
-            if response is None:
-                return []
-            if event.finish_reason == "cancelled":
-                self._cancels.pop(response.id, None)
-            self._answer_recorded(response)
-            return response.complete(self._ids, event)
+            return self._complete(event)
+        if isinstance(event, AudioCommitted):
+            previous = self._items[-1] if self._items else None
+            self._items.append(event.item_id)
+            return self._speech.committed(event, previous)
+        transcribed = self._audio_config.transcription is not None
+        speech = self._speech.encode(event, transcribed)
+        if speech is not None:
+            return speech
         if isinstance(event, ErrorReport):
             return self._error(event)
         if isinstance(event, MessageAdded):
             message = event.message
+            if message.id in self._items:  # a spoken turn, told of when it was committed
+                return []
             after = self._after.pop(message.id or "", None)
             previous = self._insert(message.id or "", after)
-            return [self._event(kind, previous_item_id=previous, item=item_json(message))
+            item = self._speech.item(message, transcribed)
+            return [self._event(kind, previous_item_id=previous, item=item)
                     for kind in ("conversation.item.added", "conversation.item.done")]
         if isinstance(event, MessageDeleted):
             if event.message_id in self._items:
                 self._items.remove(event.message_id)
             return [self._event("conversation.item.deleted", item_id=event.message_id)]
         if isinstance(event, MessageRetrieved):
-            return [self._event("conversation.item.retrieved", item=item_json(event.message))]
+            return [self._event("conversation.item.retrieved", item=self._speech.item(event.message, transcribed))]
         if isinstance(event, ConfigUpdated):
             self._temperature = event.config.temperature
             return [self._event("session.updated", session=self._session_json())]
         return []  # frames dropped are counted, not told: a live frame is context, not a request
 
-    def _start(self, request_id: str | None) -> list[str]:
-        response = self._responses.get(request_id or "")
+    def _start(self, event: ResponseStarted) -> list[str]:
+        """A response starts; one the client did not ask for (server VAD's) is named after its answer."""
+        request_id = event.request_id or ""
+        if request_id not in self._responses and event.answer_id is not None and request_id:
+            self._responses[request_id] = Response(request_id, event.answer_id, None, self._conversation_id,
+                                                   self._view.max_output_tokens, None,
+                                                   self._audio_config.output_audio)
+        response = self._responses.get(request_id)
         if response is None:
             return []
         response.previous_item_id = self._items[-1] if self._items else None
         return response.start(self._ids)
 
+    def _complete(self, event: ResponseCompleted) -> list[str]:
+        response = self._responses.pop(event.request_id or "", None)
+        if response is None:
+            return []
+        if event.finish_reason == "cancelled":
+            self._cancels.pop(response.id, None)
+        self._answer_recorded(response)
+        events = response.complete(self._ids, event)
+        if self._clearing and response.spoken and event.finish_reason in ("cancelled", "interrupted"):
+            self._clearing = False
+            events.append(self._event("output_audio_buffer.cleared", response_id=response.id))
+        return events
+
     def _answer_recorded(self, response: Response) -> None:
         if response.conversation_id is not None and response.started:
             self._insert(response.item_id, None)
+            if response.spoken:
+                self._speech.answered(response.item_id)
 
     def _insert(self, item_id: str, after: str | None) -> str | None:
         """Place an item in the conversation's order; returns the id of the item before it."""
@@ -262,7 +322,8 @@ class RealtimeWire:
     def _session_json(self) -> dict[str, Any]:
         view = self._view
         return {"type": "realtime", "object": "realtime.session", "id": self._session_id, "model": self._model,
-                "output_modalities": ["text"], "instructions": view.instructions,
+                "output_modalities": self._audio_config.modalities(), "audio": self._audio_config.session_json(),
+                "instructions": view.instructions,
                 "max_output_tokens": view.max_output_tokens, "tools": [], "tool_choice": view.tool_choice,
                 "temperature": self._temperature}
 
@@ -275,11 +336,10 @@ PARSERS = {
     "response.create": RealtimeWire._response_create,
     "response.cancel": RealtimeWire._response_cancel,
     "input_image_buffer.append": RealtimeWire._image_append,
+    "input_audio_buffer.append": RealtimeWire._audio_append,
+    "input_audio_buffer.commit": RealtimeWire._audio_mark,
+    "input_audio_buffer.clear": RealtimeWire._audio_mark,
+    "conversation.item.truncate": RealtimeWire._truncate,
+    "output_audio_buffer.clear": RealtimeWire._output_clear,
 }
 
-
-def remember(pending: OrderedDict[str, str | None], key: str, value: str | None) -> None:
-    """Note what an answer still to come will need; bounded, as a refused request leaves its note behind."""
-    pending[key] = value
-    while len(pending) > MAX_REMEMBERED:
-        pending.popitem(last=False)

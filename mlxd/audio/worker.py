@@ -87,11 +87,11 @@ class AudioWorker:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        cancelled = threading.Event()
-        future.add_done_callback(lambda f: cancelled.set() if f.cancelled() else None)
 
         def run() -> T | None:
-            return None if cancelled.is_set() else fn()
+            # cancel() sets the state at once (its callbacks wait for the loop's next turn); a read of it
+            # from this thread is one attribute, atomic under the GIL.
+            return None if future.cancelled() else fn()
 
         self.call_soon(run, lambda result, error: _resolve(loop, future, result, error), urgent)
         return future

@@ -102,9 +102,10 @@ class ServerProcess:
         return lines
 
     def unhandled_errors(self) -> list[dict]:
-        """Log lines of exceptions nobody handled: uvicorn's 'Exception in ASGI application' and the like."""
-        return [line for line in self.log_lines() if line.get("logger") == "uvicorn.error"
-                and line.get("level") in ("error", "critical")]
+        """Log lines of exceptions nobody handled: uvicorn's 'Exception in ASGI application' and the like, and a
+        connection's task that failed (the client got close 1011)."""
+        return [line for line in self.log_lines() if line.get("level") in ("error", "critical")
+                and (line.get("logger") == "uvicorn.error" or line.get("event") == "connection_failed")]
 
     def log_text(self) -> str:
         self._log.flush()

@@ -77,6 +77,8 @@ def test_refused_voice_settings_are_not_reported_as_current():
     ({"type": "config", "turnDetection": {"threshold": 2}}, "threshold"),
     ({"type": "config", "turnDetection": {"eagerness": "high"}}, "eagerness"),
     ({"type": "config", "voice": 7}, "voice"),
+    ({"type": "config", "responseModalities": ["TEXT", 0.5, None]}, "responseModalities"),  # found by fuzz.py
+    ({"type": "config", "responseModalities": [["AUDIO"], "TEXT"]}, "responseModalities"),
 ])
 def test_bad_voice_messages_are_refused_by_name(message, words):
     with pytest.raises(ClientError) as caught:

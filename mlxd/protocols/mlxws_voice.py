@@ -66,7 +66,8 @@ def parse_audio(message: dict[str, Any], kind: str, request_id: str | None, sett
 def parse_voice_field(name: str, value: Any, settings: VoiceSettings) -> VoiceSettings:
     """Settings with one voice configuration field applied; raises ValueError naming what is wrong."""
     if name == "responseModalities":
-        if not isinstance(value, list) or sorted(value) not in (["TEXT"], ["AUDIO", "TEXT"]):
+        if (not isinstance(value, list) or not all(isinstance(modality, str) for modality in value)
+                or sorted(value) not in (["TEXT"], ["AUDIO", "TEXT"])):
             raise ValueError(f'{name}: ["TEXT"] or ["TEXT", "AUDIO"]')
         return replace(settings, output_audio="AUDIO" in value)
     if name == "voice":

@@ -333,6 +333,7 @@ def main() -> int:
                                prefix=("nice", "-n", str(args.server_nice)) if args.server_nice else ())
         try:
             server.wait_state("ready", timeout=600)
+            server.wait_audio(timeout=600)  # they load after the chat model: the start is the steady state
             report.rss_start = report.rss_peak = rss_bytes(server.process.pid)
             started = time.monotonic()
             asyncio.run(fuzz(server, args, report))

@@ -219,6 +219,7 @@ def main() -> int:
                                log_path=args.server_log or Path(scratch) / "server.log")
         try:
             server.wait_state("ready", timeout=600)
+            server.wait_audio(timeout=600)  # they load after the chat model; the idle baseline must be idle
             frame = noise_jpeg(*args.frame_size)
             asyncio.run(warm_up(server.ws_url(), frame))
             metrics_url = f"{server.http}/metrics"

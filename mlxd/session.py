@@ -68,9 +68,6 @@ from mlxd.voice.listening import new_item_id
 if TYPE_CHECKING:
     from mlxd.audio import AudioModels
 
-if TYPE_CHECKING:
-    from mlxd.audio import AudioModels
-
 log = structlog.get_logger("mlxd.session")
 _session_numbers = itertools.count(1)
 INTERRUPTED = "interrupted"

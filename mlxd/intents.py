@@ -15,6 +15,21 @@ from mlxd.dialogue import Message
 
 FRAME_TYPES = ("video_frame", "screen_frame")
 MAX_AUDIO_CHUNK_BYTES = 1024 * 1024  # decoded PCM in one AudioInput
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
+
+
+def pcm_problem(pcm: bytes, sample_rate: int) -> tuple[str, str] | None:
+    """What is wrong with a chunk of PCM16LE mono audio, as (the field at fault, why), or None: the limits every
+    wire and the session apply."""
+    if not MIN_AUDIO_RATE <= sample_rate <= MAX_AUDIO_RATE:
+        return "sample_rate", (f"a sample rate of {sample_rate} Hz is not served (from {MIN_AUDIO_RATE} to "
+                               f"{MAX_AUDIO_RATE} Hz)")
+    if len(pcm) > MAX_AUDIO_CHUNK_BYTES:
+        return "audio", (f"a chunk of {len(pcm)} bytes is over the limit: at most {MAX_AUDIO_CHUNK_BYTES} bytes; "
+                         "send smaller chunks")
+    if len(pcm) % 2:
+        return "audio", f"PCM16 audio has an even number of bytes, this chunk has an odd {len(pcm)}"
+    return None
 
 
 @dataclass(frozen=True)

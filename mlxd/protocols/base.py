@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mlxd.events import ServerEvent
-from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, Intent
+from mlxd.intents import Intent
 
 MAX_CLOSE_REASON_BYTES = 123
-MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 NO_AUDIO_MODELS = "this server has no audio models (speech is not served)"
 
 
@@ -81,15 +80,3 @@ class AudioRefusals:
 
 
 NO_AUDIO = AudioRefusals()
-
-
-def pcm_problem(pcm: bytes, sample_rate: int) -> str | None:
-    """Why a chunk of PCM16LE mono audio cannot be taken (None when it can): the limits every wire applies."""
-    if not MIN_AUDIO_RATE <= sample_rate <= MAX_AUDIO_RATE:
-        return f"a sample rate of {sample_rate} Hz is not served (from {MIN_AUDIO_RATE} to {MAX_AUDIO_RATE} Hz)"
-    if len(pcm) > MAX_AUDIO_CHUNK_BYTES:
-        return f"a chunk of {len(pcm)} bytes is over the limit of {MAX_AUDIO_CHUNK_BYTES} bytes: send smaller chunks"
-    if len(pcm) % 2:
-        return f"PCM16 audio has an even number of bytes, this chunk has {len(pcm)}"
-    return None
-

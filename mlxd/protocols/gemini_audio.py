@@ -13,8 +13,8 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from mlxd.intents import AudioInput, TurnDetection, VoiceSettings, WhenBusy
-from mlxd.protocols.base import AudioSupport, pcm_problem
+from mlxd.intents import AudioInput, TurnDetection, VoiceSettings, WhenBusy, pcm_problem
+from mlxd.protocols.base import AudioSupport
 from mlxd.protocols.gemini_fields import as_list, as_object, decode_base64, field, invalid, unsupported
 
 PCM_MIME = "audio/pcm"
@@ -123,7 +123,7 @@ def audio_input(blob: Any, path: str, audio: AudioSupport) -> AudioInput:
     pcm = decode_base64(field(blob, "data"), f"{path}.data")
     problem = pcm_problem(pcm, rate)
     if problem:
-        raise invalid(f"{path}: {problem}")
+        raise invalid(f"{path}: {problem[1]}")
     return AudioInput(pcm, rate)
 
 

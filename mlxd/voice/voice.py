@@ -16,7 +16,7 @@ from mlxd import errors
 from mlxd.dialogue import Message, user_message
 from mlxd.errors import ClientError
 from mlxd.events import AnswerTruncated, ErrorReport, InputTranscript, ServerEvent
-from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, AudioInput, AudioMark, SetVoice, TruncateAnswer, VoiceSettings
+from mlxd.intents import AudioInput, AudioMark, SetVoice, TruncateAnswer, VoiceSettings, pcm_problem
 from mlxd.scheduler import Job
 from mlxd.voice.listening import Listener, SpokenTurn
 from mlxd.voice.speaking import Speaker
@@ -24,7 +24,6 @@ from mlxd.voice.speaking import Speaker
 if TYPE_CHECKING:
     from mlxd.audio import AudioModels
 
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 VoiceIntent = SetVoice | AudioInput | AudioMark | TruncateAnswer
 
 
@@ -111,15 +110,10 @@ class Voice:
 
     def _check(self, chunk: AudioInput) -> None:
         self._refuse_unless_listening(chunk.request_id)
-        if len(chunk.pcm) > MAX_AUDIO_CHUNK_BYTES:
-            raise ClientError(errors.INVALID_FIELD, f"audio: a chunk is at most {MAX_AUDIO_CHUNK_BYTES} bytes, this "
-                              f"one has {len(chunk.pcm)}", chunk.request_id, "audio")
-        if len(chunk.pcm) % 2:
-            raise ClientError(errors.INVALID_FIELD, f"audio: PCM16 has 2 bytes a sample, this chunk has an odd "
-                              f"{len(chunk.pcm)}", chunk.request_id, "audio")
-        if not MIN_SAMPLE_RATE <= chunk.sample_rate <= MAX_SAMPLE_RATE:
-            raise ClientError(errors.INVALID_FIELD, f"audio: the sample rate must be {MIN_SAMPLE_RATE} to "
-                              f"{MAX_SAMPLE_RATE} Hz, got {chunk.sample_rate}", chunk.request_id, "sample_rate")
+        problem = pcm_problem(chunk.pcm, chunk.sample_rate)
+        if problem is not None:
+            field, reason = problem
+            raise ClientError(errors.INVALID_FIELD, f"{field}: {reason}", chunk.request_id, field)
 
     def _truncate(self, intent: TruncateAnswer) -> None:
         try:

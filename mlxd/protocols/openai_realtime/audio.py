@@ -14,8 +14,15 @@ import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlxd.intents import MAX_AUDIO_CHUNK_BYTES, AudioInput, TruncateAnswer, TurnDetection, VoiceSettings
-from mlxd.protocols.base import AudioSupport, pcm_problem
+from mlxd.intents import (
+    MAX_AUDIO_CHUNK_BYTES,
+    AudioInput,
+    TruncateAnswer,
+    TurnDetection,
+    VoiceSettings,
+    pcm_problem,
+)
+from mlxd.protocols.base import AudioSupport
 from mlxd.protocols.openai_realtime.fields import INVALID_VALUE, UNSUPPORTED_FEATURE, Fields
 
 RATE = 24000
@@ -165,7 +172,7 @@ def parse_append(message: dict[str, Any], event_id: str | None, audio: AudioSupp
         raise event.error(INVALID_VALUE, "audio", "not valid base64") from None
     problem = pcm_problem(pcm, RATE)
     if problem:
-        raise event.error(INVALID_VALUE, "audio", problem)
+        raise event.error(INVALID_VALUE, "audio", problem[1])
     return AudioInput(pcm, RATE)  # no id: a turn it ends is answered by a response named by the server
 
 

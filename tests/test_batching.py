@@ -105,3 +105,13 @@ def test_a_vision_request_with_other_sampling_is_served_alone_beside_the_batch(v
         done = receive_until(batched, terminal_for("b"))[-1]
     assert hot["type"] == "response_complete" and hot["finish_reason"] in ("stop", "length")
     assert done["full_text"] == expected
+
+
+def test_requests_that_sample_alike_share_one_sampler():
+    """mlx-lm samples a batch in one call only when every row's sampler is the same object."""
+    from mlxd.engine.models import sampling
+    from mlxd.generation import GenerationConfig
+
+    greedy = [sampling(GenerationConfig(temperature=0, presence_penalty=p))["sampler"] for p in (0.0, 1.5)]
+    assert greedy[0] is greedy[1]
+    assert sampling(GenerationConfig(temperature=0.7, top_k=5))["sampler"] is not greedy[0]

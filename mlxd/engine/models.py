@@ -9,6 +9,7 @@ thread-local.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,20 @@ class LoadedModel(Protocol):
 
 
 def sampling(config: GenerationConfig) -> dict[str, Any]:
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+    """The sampler and logits processors of a request. Requests that sample alike get the same sampler
+    object: mlx-lm's batch then samples them in one call, not one slice and call per row each step."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    return {
+        "sampler": _sampler(config.temperature, config.top_p, config.top_k),
+        "logits_processors": make_logits_processors(presence_penalty=config.presence_penalty,
+                                                    frequency_penalty=config.frequency_penalty),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _sampler(temperature: float, top_p: float, top_k: int) -> Any:
+    from mlx_lm.sample_utils import make_sampler
 
     samplers: dict[int, Any] = {}
 
@@ -56,16 +70,12 @@ def sampling(config: GenerationConfig) -> dict[str, Any]:
         # A top-k of the vocabulary or more keeps every token: that is top-k off. mlx-lm would raise inside
         # an mx.compile'd function instead, and every later generation then fails ("array without a
         # primitive"): one client's config broke the server for everyone (found by scripts/fuzz.py).
-        top_k = config.top_k if config.top_k < logprobs.shape[-1] else 0
-        if top_k not in samplers:
-            samplers[top_k] = make_sampler(temp=config.temperature, top_p=config.top_p, top_k=top_k)
-        return samplers[top_k](logprobs)
+        kept = top_k if top_k < logprobs.shape[-1] else 0
+        if kept not in samplers:
+            samplers[kept] = make_sampler(temp=temperature, top_p=top_p, top_k=kept)
+        return samplers[kept](logprobs)
 
-    return {
-        "sampler": sampler,
-        "logits_processors": make_logits_processors(presence_penalty=config.presence_penalty,
-                                                    frequency_penalty=config.frequency_penalty),
-    }
+    return sampler
 
 
 def _completion_tokens(generated: int, finish_reason: str | None) -> int:

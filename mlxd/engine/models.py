@@ -89,8 +89,11 @@ class TextModel:
     def __init__(self, name: str, path: Path) -> None:
         import mlx_lm
 
+        from mlxd.engine import cpu_attention
+
         self.name = name
         self.model, self.tokenizer = mlx_lm.load(str(path))
+        cpu_attention.install(self.model)
 
     def image_tokens(self, images: list[Image.Image]) -> int:
         return 0  # a text model is never given images: they are refused before

@@ -38,6 +38,13 @@ def test_the_output_is_bit_identical_to_mx_fast(heads, kv_heads, mask_kind):
         assert mx.allclose(ours, theirs, rtol=1e-5, atol=1e-5).item()
 
 
+def test_values_may_be_wider_than_keys():
+    queries, keys = mx.random.normal((2, 6, 1, 8)), mx.random.normal((2, 2, 9, 8))
+    values = mx.random.normal((2, 2, 9, 12))
+    assert mx.array_equal(cpu_attention.decode_attention(queries, keys, values, 0.3, None),
+                          fast(queries, keys, values, 0.3, None)).item()
+
+
 def test_prompts_and_per_head_masks_keep_mlx_lms_path():
     queries, keys = mx.random.normal((1, 4, 5, 8)), mx.random.normal((1, 2, 5, 8))
     assert mx.array_equal(cpu_attention.attention(queries, keys, keys, None, 0.5, "causal"),

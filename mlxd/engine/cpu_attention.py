@@ -46,7 +46,8 @@ def attention(queries: Any, keys: Any, values: Any, cache: Any, scale: float, ma
 
 
 def decode_attention(queries: Any, keys: Any, values: Any, scale: float, mask: Any) -> Any:
-    """Queries (B, H, 1, D) over keys and values (B, Hkv, S, D); a boolean or additive mask, or None."""
+    """Queries (B, H, 1, D) over keys (B, Hkv, S, D) and values (B, Hkv, S, Dv); a boolean or additive mask
+    that broadcasts over the heads, or None."""
     import mlx.core as mx
 
     batch, heads, _, dim = queries.shape
@@ -59,4 +60,4 @@ def decode_attention(queries: Any, keys: Any, values: Any, scale: float, mask: A
         else:
             scores = scores + mask
     weights = mx.softmax(scores, axis=-1, precise=True)
-    return (weights @ values).reshape(batch, heads, 1, dim)
+    return (weights @ values).reshape(batch, heads, 1, values.shape[-1])

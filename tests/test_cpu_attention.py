@@ -1,5 +1,5 @@
 """Single-token attention on the CPU (mlxd/engine/cpu_attention.py) gives mx.fast's output: bit for bit for
-groups of up to 3 query heads per KV head; larger groups round in OpenBLAS's 4-row kernel (~1e-6)."""
+groups of up to 3 query heads per KV head; with OpenBLAS, larger groups differ in the last bits (~1e-6)."""
 
 from __future__ import annotations
 

@@ -38,11 +38,16 @@ def attention(queries: Any, keys: Any, values: Any, cache: Any, scale: float, ma
     """mlx-lm's `scaled_dot_product_attention`, with one query token done by `decode_attention`."""
     from mlx_lm.models import base
 
-    per_head_mask = mask is not None and not isinstance(mask, str) and mask.ndim >= 3 and mask.shape[-3] != 1
-    if queries.shape[2] != 1 or sinks is not None or hasattr(cache, "bits") or isinstance(mask, str) \
-            or per_head_mask:
-        return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
-    return decode_attention(queries, keys, values, scale, mask)
+    if _decodes_here(queries, cache, mask, sinks):
+        return decode_attention(queries, keys, values, scale, mask)
+    return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
+
+
+def _decodes_here(queries: Any, cache: Any, mask: Any, sinks: Any) -> bool:
+    """One query token, no sinks, a dense cache, and no mask or an array one that broadcasts over the heads."""
+    if queries.shape[2] != 1 or sinks is not None or hasattr(cache, "bits") or isinstance(mask, str):
+        return False
+    return mask is None or mask.ndim < 3 or mask.shape[-3] == 1
 
 
 def decode_attention(queries: Any, keys: Any, values: Any, scale: float, mask: Any) -> Any:

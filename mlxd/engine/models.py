@@ -89,11 +89,12 @@ class TextModel:
     def __init__(self, name: str, path: Path) -> None:
         import mlx_lm
 
-        from mlxd.engine import cpu_attention
+        from mlxd.engine import cpu_attention, cpu_weights
 
         self.name = name
         self.model, self.tokenizer = mlx_lm.load(str(path))
         cpu_attention.install(self.model)
+        cpu_weights.install(self.model)
 
     def image_tokens(self, images: list[Image.Image]) -> int:
         return 0  # a text model is never given images: they are refused before
@@ -140,8 +141,11 @@ class VisionModel:
     def __init__(self, name: str, path: Path) -> None:
         import mlx_vlm
 
+        from mlxd.engine import cpu_weights
+
         self.name = name
         self.model, self.processor = mlx_vlm.load(str(path))
+        cpu_weights.install(self.model)
         eos = self.model.config.eos_token_id
         self.stop_tokens = set(eos if isinstance(eos, list) else [eos])
         self._image_tokens_by_size: dict[tuple[int, int], int] = {}

@@ -14,8 +14,10 @@ from mlx_lm.sample_utils import make_sampler
 from PIL import Image
 
 from mlxd.engine import cpu_weights
+from mlxd.engine.blas import openblas_in_use
 
-pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu, reason="installed on the CPU only")
+pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu or not openblas_in_use(),
+                                reason="installed on the CPU with OpenBLAS only")
 
 
 @pytest.mark.parametrize("bias", [False, True])

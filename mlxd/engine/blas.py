@@ -36,3 +36,8 @@ def use_fast_blas() -> Path | None:
     except OSError:
         return None
     return path
+
+
+def openblas_in_use() -> bool:
+    """Whether an OpenBLAS is loaded globally (by `use_fast_blas` or LD_PRELOAD), so MLX's products go to it."""
+    return hasattr(ctypes.CDLL(None), "openblas_get_config")

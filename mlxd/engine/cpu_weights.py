@@ -4,7 +4,8 @@
 transposed operand. With the OpenBLAS mlxd loads on Linux (0.3.15, Zen kernels), the same product on an
 (in, out) copy is much faster at decode shapes: SmolLM2's tied output head at 8 rows 30 -> 20 ms, at one row
 22 -> 11 ms, and a whole decode step ~9% faster (1, 4 and 8 rows), with bit-identical logits; a prompt's
-prefill (hundreds of rows) takes the same time either way. The copy replaces the original, so a Linear holds
+prefill (hundreds of rows) takes the same time either way. Only with OpenBLAS, where that was measured: the
+reference BLAS rounds the two ways differently. The copy replaces the original, so a Linear holds
 as many bytes as before. A tied output head (`Embedding.as_linear`) needs the rows for lookups too: its
 transposed copy is made on first use, so it costs the embedding's size once more, only in models that use
 it. Quantized layers, other dtypes, Metal and CUDA are not touched.
@@ -16,6 +17,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from mlxd.engine.blas import openblas_in_use
 
 
 class TransposedLinear(nn.Module):
@@ -51,9 +54,9 @@ class EmbeddingWithHead(nn.Embedding):
 
 
 def install(model: nn.Module) -> int:
-    """Swap the model's float32 Linear and Embedding layers for the ones above, on the CPU only; returns how
-    many were swapped (0 elsewhere, and on a second call)."""
-    if mx.default_device() != mx.cpu:
+    """Swap the model's float32 Linear and Embedding layers for the ones above, on the CPU with OpenBLAS only;
+    returns how many were swapped (0 elsewhere, and on a second call)."""
+    if mx.default_device() != mx.cpu or not openblas_in_use():
         return 0
     swapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id -> (layer, its replacement)
     for parent in model.modules():
